@@ -1,0 +1,31 @@
+# Entry points. Each target does all the set-up it needs (venv, pinned deps, extension).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: env build test test-fast cuda-check demo bench clean
+
+env:
+	bash scripts/setup_env.sh
+
+build: env
+
+# The full test suite, as CI runs it: set-up, CPU build, CUDA compile-and-link check, pytest.
+test: env
+	bash scripts/check_cuda_build.sh $(VENV)
+	$(PY) -m pytest -q tests
+
+# Tests only (assumes `make env` was run).
+test-fast:
+	$(PY) -m pytest -q -x tests
+
+cuda-check: env
+	bash scripts/check_cuda_build.sh $(VENV)
+
+demo: env
+	$(PY) tools/demo.py --output output/demo
+
+bench: env
+	$(PY) tools/benchmark_kernels.py --op all --json output/bench/kernels.json
+
+clean:
+	rm -rf build build-cuda projects/SARL/sarl/_C*.so *.egg-info

@@ -1,0 +1,148 @@
+"""Config keys of the SARL project: ``add_sarl_config(cfg)`` on a detectron2 ``get_cfg()``.
+
+Sections (each one owned by the module that reads it):
+    MODEL.CSPDARKNET   backbone            sarl/modeling/backbone/cspdarknet.py
+    MODEL.SARL         relay layer         sarl/modeling/relay.py
+    MODEL.YOLOPAFPN    neck                sarl/modeling/neck/pafpn.py
+    MODEL.YOLO         shared head/decode  sarl/modeling/meta_arch.py
+    MODEL.YOLOX        anchor-free head    sarl/modeling/heads/yolox_head.py
+    MODEL.YOLOV5       anchor-based head   sarl/modeling/heads/yolov5_head.py
+    MODEL.SAL          scale-adaptive loss sarl/modeling/losses.py
+    INPUT.YOLO         mapper/augmentation sarl/data/mapper.py
+    SOLVER.YOLO/EMA    schedule, EMA       sarl/engine/
+    TEST.AITOD         evaluator           sarl/evaluation/aitod_evaluator.py
+"""
+import math
+
+from detectron2.config import CfgNode as CN
+
+
+def add_sarl_config(cfg: CN) -> CN:
+    """Add every key this project reads to ``cfg`` (in place) and return it."""
+    _add_backbone_config(cfg)
+    _add_relay_config(cfg)
+    _add_neck_config(cfg)
+    _add_head_config(cfg)
+    _add_loss_config(cfg)
+    _add_input_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+    return cfg
+
+
+def _add_backbone_config(cfg: CN) -> None:
+    cfg.MODEL.CSPDARKNET = CN()
+    # "yolox": Focus stem, CSP stages, SPP on dark5; "yolov5": 6x6 conv stem, C3 stages, SPPF.
+    cfg.MODEL.CSPDARKNET.FLAVOR = "yolox"
+    # nano/tiny/s/m/l/x multipliers: depth 0.33/0.33/0.33/0.67/1.0/1.33, width .25/.375/.5/.75/1/1.25
+    cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER = 0.33
+    cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.5
+    cfg.MODEL.CSPDARKNET.OUT_FEATURES = ["dark3", "dark4", "dark5"]
+    cfg.MODEL.CSPDARKNET.NORM = "BN"  # "BN" or "SyncBN"
+    cfg.MODEL.CSPDARKNET.DEPTHWISE = False
+
+
+def _add_relay_config(cfg: CN) -> None:
+    cfg.MODEL.SARL = CN()
+    cfg.MODEL.SARL.ENABLED = True
+    cfg.MODEL.SARL.IN_FEATURES = ["dark3", "dark4", "dark5"]
+    cfg.MODEL.SARL.REDUCTION = 16  # channel-MLP reduction ratio
+    cfg.MODEL.SARL.SPATIAL_KERNEL_SIZE = 7
+    cfg.MODEL.SARL.RELAY_RESIDUAL = True  # add up(g), the relay term, to each level
+    cfg.MODEL.SARL.FUSED = True  # use the sarl._C kernels (False: pure-PyTorch reference)
+
+
+def _add_neck_config(cfg: CN) -> None:
+    cfg.MODEL.YOLOPAFPN = CN()
+    cfg.MODEL.YOLOPAFPN.IN_FEATURES = ["dark3", "dark4", "dark5"]
+    cfg.MODEL.YOLOPAFPN.USE_P2 = False  # add a stride-4 output (needs dark2) for very tiny objects
+
+
+def _add_head_config(cfg: CN) -> None:
+    cfg.MODEL.YOLO = CN()
+    cfg.MODEL.YOLO.HEAD_NAME = "YOLOXHead"  # in sarl.modeling.YOLO_HEAD_REGISTRY
+    cfg.MODEL.YOLO.NUM_CLASSES = 80
+    cfg.MODEL.YOLO.IN_FEATURES = ["p3", "p4", "p5"]
+    cfg.MODEL.YOLO.SIZE_DIVISIBILITY = 32
+    cfg.MODEL.YOLO.SCORE_THRESH_TEST = 0.001
+    cfg.MODEL.YOLO.NMS_THRESH_TEST = 0.65
+    cfg.MODEL.YOLO.PRE_NMS_TOPK_TEST = 30000
+    cfg.MODEL.YOLO.CLASS_AGNOSTIC_NMS = False
+    # Stop training with a message naming the term when a loss is not finite.
+    cfg.MODEL.YOLO.CHECK_FINITE_LOSSES = True
+
+    cfg.MODEL.YOLOX = CN()
+    cfg.MODEL.YOLOX.HEAD_WIDTH = 256  # times CSPDARKNET.WIDTH_MULTIPLIER
+    cfg.MODEL.YOLOX.PRIOR_PROB = 0.01
+    cfg.MODEL.YOLOX.CENTER_RADIUS = 1.5  # SimOTA candidate rule, in strides
+    cfg.MODEL.YOLOX.SIMOTA_TOPK = 10
+    cfg.MODEL.YOLOX.IOU_COST_WEIGHT = 3.0
+    cfg.MODEL.YOLOX.ASSIGNER = "sparse"  # "sparse" (dense scenes) or "dense" (reference)
+    cfg.MODEL.YOLOX.USE_L1 = False  # switched on by the no-aug hook
+
+    cfg.MODEL.YOLOV5 = CN()
+    # Per level (P3, P4, P5; P2 first when USE_P2), 3 (w, h) pairs each, in input pixels.
+    cfg.MODEL.YOLOV5.ANCHORS = [
+        [[10, 13], [16, 30], [33, 23]],
+        [[30, 61], [62, 45], [59, 119]],
+        [[116, 90], [156, 198], [373, 326]],
+    ]
+    cfg.MODEL.YOLOV5.ANCHOR_T = 4.0
+    cfg.MODEL.YOLOV5.BALANCE = [4.0, 1.0, 0.4]
+    cfg.MODEL.YOLOV5.BOX_GAIN = 0.05
+    cfg.MODEL.YOLOV5.CLS_GAIN = 0.5
+    cfg.MODEL.YOLOV5.OBJ_GAIN = 1.0
+    cfg.MODEL.YOLOV5.AUTOANCHOR = True
+    cfg.MODEL.YOLOV5.AUTOANCHOR_BPR_THRESH = 0.98
+
+
+def _add_loss_config(cfg: CN) -> None:
+    cfg.MODEL.SAL = CN()
+    cfg.MODEL.SAL.ENABLED = True  # False: plain IoU loss (baseline)
+    cfg.MODEL.SAL.BETA = 2.0 / math.log(2.0)  # paper's best (Table VII)
+    cfg.MODEL.SAL.LOSS_TYPE = "iou2"  # 1 - IoU^2 (paper, YOLOX); iou, giou, diou, ciou
+    cfg.MODEL.SAL.NORMALIZE = "batch"  # batch | image | fixed | none
+    cfg.MODEL.SAL.AREA_RANGE = [0.0, 1024.0]  # for NORMALIZE "fixed"
+    cfg.MODEL.SAL.ALPHA = 5.0  # weight of the IoU/SAL term (YOLOX's 5.0)
+
+
+def _add_input_config(cfg: CN) -> None:
+    cfg.INPUT.YOLO = CN()
+    cfg.INPUT.YOLO.ENABLED = True  # use the YOLO mapper (letterbox + augmentation)
+    cfg.INPUT.YOLO.IMG_SIZE = 640  # square training/test size (letterbox)
+    cfg.INPUT.YOLO.MOSAIC_PROB = 1.0
+    cfg.INPUT.YOLO.MOSAIC_SCALE = [0.1, 2.0]
+    cfg.INPUT.YOLO.MIXUP_PROB = 1.0
+    cfg.INPUT.YOLO.MIXUP_SCALE = [0.5, 1.5]
+    cfg.INPUT.YOLO.HSV_PROB = 1.0
+    cfg.INPUT.YOLO.HSV_GAIN = [0.015, 0.7, 0.4]
+    cfg.INPUT.YOLO.FLIP_PROB = 0.5
+    cfg.INPUT.YOLO.DEGREES = 10.0
+    cfg.INPUT.YOLO.TRANSLATE = 0.1
+    cfg.INPUT.YOLO.SHEAR = 2.0
+    # Smallest box side (px) kept after augmentation: 1 px, not YOLOX's 2 (tiny objects).
+    cfg.INPUT.YOLO.MIN_BOX_SIZE = 1.0
+
+
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.YOLO = CN()
+    cfg.SOLVER.YOLO.ENABLED = True  # YOLOX schedule (warmup + cosine, nesterov, no-decay on BN/bias)
+    cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE = 0.01 / 64
+    cfg.SOLVER.YOLO.WARMUP_EPOCHS = 5
+    cfg.SOLVER.YOLO.MIN_LR_RATIO = 0.05
+    cfg.SOLVER.YOLO.NO_AUG_EPOCHS = 15
+    cfg.SOLVER.YOLO.EPOCHS = 300
+    # Iterations per epoch; 0 = len(dataset) // IMS_PER_BATCH.
+    cfg.SOLVER.YOLO.ITERS_PER_EPOCH = 0
+    cfg.SOLVER.EMA = CN()
+    cfg.SOLVER.EMA.ENABLED = True
+    cfg.SOLVER.EMA.DECAY = 0.9998
+    cfg.SOLVER.EMA.RAMP = 2000.0  # decay * (1 - exp(-updates / RAMP))
+    cfg.SOLVER.AMP.ENABLED = False
+
+
+def _add_test_config(cfg: CN) -> None:
+    cfg.TEST.AITOD = CN()
+    cfg.TEST.AITOD.MAX_DETS = [100, 300, 1500]
+    cfg.TEST.AITOD.ENGINE = "faster_coco_eval"  # or "pycocotools"
+    cfg.TEST.DETECTIONS_PER_IMAGE = 3000
