@@ -23,10 +23,34 @@ TORCH_LIBRARY(sarl, m) {
 
   // ---- SAL: scale-adaptive IoU loss (csrc/sal) -------------------------------------------
   // BEGIN SAL SCHEMAS
+  // Loss of N box pairs with per-box weights beta * ln(2 - s_i) (s_i: normalised target area).
+  // Returns (loss, grad_pred): loss is [N] for reduction="none", else a scalar; grad_pred is
+  // d(sum of the returned loss)/d pred ([N, 4], or [0, 4] when compute_grad is false), so the
+  // backward only scales it by grad_output. Strings are parsed by the kernels (clear errors).
+  m.def(
+      "sal_loss(Tensor pred, Tensor target, Tensor? batch_index, Tensor? weight, str box_format, "
+      "str loss_type, str normalize, float beta, float area_lo, float area_hi, str reduction, "
+      "float eps, bool compute_grad) -> (Tensor, Tensor)");
+  // The per-box weights alone ([N]), for inspection and for losses written elsewhere.
+  m.def(
+      "sal_weights(Tensor target, Tensor? batch_index, str box_format, str normalize, float beta, "
+      "float area_lo, float area_hi) -> Tensor");
   // END SAL SCHEMAS
 
   // ---- SARL relay: pooled descriptors and gate (csrc/relay) ------------------------------
   // BEGIN RELAY SCHEMAS
+  // relay_pool(g [N,C,h,w]) -> (spatial [N,2,h,w] = (mean_C, max_C), channel [N,2,C] = (avg_HW, max_HW),
+  //   spatial_argmax [N,h,w] int64 (channel index), channel_argmax [N,C] int64 (flat y*w+x));
+  //   max ties go to the first index; the arg-max outputs feed the backward.
+  m.def("relay_pool(Tensor g) -> (Tensor spatial, Tensor channel, Tensor spatial_argmax, Tensor channel_argmax)");
+  m.def("relay_pool_backward(Tensor grad_spatial, Tensor grad_channel, Tensor spatial_argmax, "
+        "Tensor channel_argmax) -> Tensor");
+  // relay_gate: x * (1 + sigmoid(channel_logits) * sigmoid(spatial_logits)) + nearest_up(relay, (H, W)).
+  m.def("relay_gate(Tensor x, Tensor channel_logits, Tensor spatial_logits, Tensor? relay) -> Tensor");
+  // Returns (grad_x, grad_channel_logits, grad_spatial_logits, grad_relay); grad_relay is an
+  // empty [0] tensor when relay is None.
+  m.def("relay_gate_backward(Tensor grad_out, Tensor x, Tensor channel_logits, Tensor spatial_logits, "
+        "Tensor? relay) -> (Tensor, Tensor, Tensor, Tensor)");
   // END RELAY SCHEMAS
 }
 

@@ -68,6 +68,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.YOLO.NMS_THRESH_TEST = 0.65
     cfg.MODEL.YOLO.PRE_NMS_TOPK_TEST = 30000
     cfg.MODEL.YOLO.CLASS_AGNOSTIC_NMS = False
+    # Keep every (anchor, class) pair above the threshold (YOLOv5 val's multi_label); False keeps
+    # only each anchor's best class (YOLOX's postprocess).
+    cfg.MODEL.YOLO.MULTI_LABEL_TEST = True
     # Stop training with a message naming the term when a loss is not finite.
     cfg.MODEL.YOLO.CHECK_FINITE_LOSSES = True
 
@@ -87,13 +90,23 @@ def _add_head_config(cfg: CN) -> None:
         [[30, 61], [62, 45], [59, 119]],
         [[116, 90], [156, 198], [373, 326]],
     ]
+    # Stride-4 anchors, prepended to ANCHORS when IN_FEATURES has one level more (P2): P3's halved.
+    cfg.MODEL.YOLOV5.ANCHORS_P2 = [[5, 6], [8, 14], [15, 11]]
     cfg.MODEL.YOLOV5.ANCHOR_T = 4.0
     cfg.MODEL.YOLOV5.BALANCE = [4.0, 1.0, 0.4]
+    # Objectness balance of P2, prepended to BALANCE when P2 is used: P3's 4.0 (see yolov5_head.py).
+    cfg.MODEL.YOLOV5.BALANCE_P2 = 4.0
     cfg.MODEL.YOLOV5.BOX_GAIN = 0.05
     cfg.MODEL.YOLOV5.CLS_GAIN = 0.5
     cfg.MODEL.YOLOV5.OBJ_GAIN = 1.0
+    # Box loss when MODEL.SAL.ENABLED is False: the official YOLOv5 CIoU loss ("ciou"); any
+    # SAL loss type works. With SAL on, MODEL.SAL.LOSS_TYPE is the base loss ("iou2": the paper).
+    cfg.MODEL.YOLOV5.BOX_LOSS_TYPE = "ciou"
+    # Multiply the losses by the images per device, as YOLOv5 does (its lr 0.01 assumes it).
+    cfg.MODEL.YOLOV5.LOSS_TIMES_BATCH_SIZE = True
     cfg.MODEL.YOLOV5.AUTOANCHOR = True
     cfg.MODEL.YOLOV5.AUTOANCHOR_BPR_THRESH = 0.98
+    cfg.MODEL.YOLOV5.AUTOANCHOR_GENERATIONS = 1000  # genetic evolution steps after k-means
 
 
 def _add_loss_config(cfg: CN) -> None:
@@ -122,6 +135,13 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.YOLO.SHEAR = 2.0
     # Smallest box side (px) kept after augmentation: 1 px, not YOLOX's 2 (tiny objects).
     cfg.INPUT.YOLO.MIN_BOX_SIZE = 1.0
+    # Boxes cut by the image border keep at least this fraction of their (transformed) area, else dropped.
+    cfg.INPUT.YOLO.MIN_VISIBLE_FRACTION = 0.1
+    # Fill VisDrone ignore regions with grey before augmentation (their objects are unlabelled).
+    cfg.INPUT.YOLO.MASK_IGNORE_REGIONS = True
+    # Seed of the mapper's RNG (mosaic partners, augmentation draws); -1: from torch.initial_seed().
+    # Either way each DataLoader worker gets its own deterministic stream.
+    cfg.INPUT.YOLO.SEED = -1
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -1,7 +1,196 @@
-# PLACEHOLDER: being written by the SAL-op helper. Replace entirely.
-def scale_adaptive_iou_loss(*args, **kwargs):
-    raise NotImplementedError
-def sal_weights(*args, **kwargs):
-    raise NotImplementedError
-class ScaleAdaptiveIoULoss:
-    pass
+"""Fused scale-adaptive IoU loss (SAL): Python API of ``torch.ops.sarl.sal_loss`` / ``sal_weights``.
+
+    from sarl.ops import scale_adaptive_iou_loss
+    loss = scale_adaptive_iou_loss(pred, target)              # [N, 4] xyxy each -> scalar
+    loss = scale_adaptive_iou_loss(pred, target, normalize="image", batch_index=img_of_box,
+                                   loss_type="giou", reduction="none")
+
+The kernel computes, in one pass per box, the loss and (when ``pred`` requires grad) d loss/d pred,
+so the backward only scales that saved gradient by ``grad_output``. Autograd and fake (meta)
+implementations are registered here with ``torch.library``, so the op works under autograd,
+``torch.compile`` and ``torch.library.opcheck``. Without the extension, the pure-PyTorch reference
+(:mod:`sarl.ops.sal_reference`) runs instead, after a one-time warning.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._extension import _LOADED, use_extension
+from .sal_reference import (
+    DEFAULT_BETA,
+    check_loss_args,
+    check_weight_args,
+    sal_weights_reference,
+    scale_adaptive_iou_loss_reference,
+)
+
+__all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss"]
+
+# Positions of the arguments of sarl::sal_loss (see csrc/sarl_ops.cpp).
+_REDUCTION_ARG = 10
+_COMPUTE_GRAD_ARG = 12
+
+
+def _sal_loss_setup_context(ctx, inputs, output) -> None:
+    _, grad_pred = output
+    ctx.reduction = inputs[_REDUCTION_ARG]
+    ctx.compute_grad = inputs[_COMPUTE_GRAD_ARG]
+    ctx.save_for_backward(grad_pred)
+
+
+def _sal_loss_backward(ctx, grad_loss, _grad_of_grad_pred):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 13
+    if not ctx.compute_grad:
+        raise RuntimeError("sarl::sal_loss was called with compute_grad=False, so it saved no gradient "
+                           "for pred; call it with compute_grad=True when pred requires grad")
+    (grad_pred,) = ctx.saved_tensors
+    if ctx.reduction == "none":
+        grad_input = grad_pred * grad_loss.unsqueeze(-1)
+    else:
+        grad_input = grad_pred * grad_loss
+    return (grad_input,) + (None,) * 12
+
+
+def _register_python_side() -> None:
+    """Fake (shape) implementations and autograd formulas of the compiled ops."""
+
+    @torch.library.register_fake("sarl::sal_loss")
+    def _sal_loss_fake(pred, target, batch_index, weight, box_format, loss_type, normalize, beta,
+                       area_lo, area_hi, reduction, eps, compute_grad):
+        n = pred.shape[0]
+        loss = pred.new_empty((n,)) if reduction == "none" else pred.new_empty(())
+        return loss, pred.new_empty((n if compute_grad else 0, 4))
+
+    @torch.library.register_fake("sarl::sal_weights")
+    def _sal_weights_fake(target, batch_index, box_format, normalize, beta, area_lo, area_hi):
+        return target.new_empty((target.shape[0],))
+
+    torch.library.register_autograd("sarl::sal_loss", _sal_loss_backward,
+                                    setup_context=_sal_loss_setup_context)
+
+
+# An extension built from older sources may lack these ops: then the reference runs.
+_HAS_SAL_OPS = _LOADED and hasattr(torch.ops.sarl, "sal_loss") and hasattr(torch.ops.sarl, "sal_weights")
+if _HAS_SAL_OPS:
+    _register_python_side()
+
+
+def _use_kernels(op_name: str, *tensors: torch.Tensor) -> bool:
+    return use_extension(op_name, *tensors) and _HAS_SAL_OPS
+
+
+def scale_adaptive_iou_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    beta: float = DEFAULT_BETA,
+    loss_type: str = "iou2",
+    box_format: str = "xyxy",
+    normalize: str = "batch",
+    batch_index: Optional[torch.Tensor] = None,
+    area_range: Optional[Sequence[float]] = None,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "sum",
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Scale-adaptive IoU loss ``sum_i w_i * weight_i * L_i``, ``w_i = beta * ln(2 - s_i)`` (paper eq. 3-5).
+
+    Args:
+        pred: [N, 4] predicted boxes (the only input that receives a gradient).
+        target: [N, 4] ground-truth boxes, finite (else ValueError); degenerate boxes have area 0.
+        beta: weight scale; the default 2/ln2 gives weights from 2 (smallest box) to 0 (largest).
+        loss_type: "iou2" = 1 - IoU^2 (paper, YOLOX), "iou" = 1 - IoU, "giou", "diou", "ciou".
+        box_format: "xyxy" or "cxcywh" (converted inside the kernel).
+        normalize: how ``s_i`` normalises the target area ``a_i``: "batch" (min-max over all N),
+            "image" (min-max within each image of ``batch_index``), "fixed"
+            (``clamp((a - lo) / (hi - lo), 0, 1)`` with ``area_range``), "none" (``w_i = 1``).
+            A group whose areas are all equal has ``s_i = 0`` (weight ``beta * ln 2``).
+        batch_index: [N] int64 image of each box (>= 0), for normalize="image".
+        area_range: (lo, hi) with hi > lo, for normalize="fixed".
+        weight: optional [N] per-box multiplier (a constant for autograd).
+        reduction: "none" -> [N]; "sum"; "mean" (sum / N). N = 0 gives 0 or an empty tensor.
+        eps: added to the union (and to the enclosing area / diagonal / heights for giou/diou/ciou).
+
+    Returns:
+        The loss in the promoted dtype of pred/target; float16/bfloat16 are computed in float32.
+
+    Sub-gradients where the loss is not differentiable: overlaps, widths and heights are
+    ``max(u, 0)`` with the derivative passed where ``u >= 0`` (boxes that exactly touch are
+    pulled together; separate boxes get no IoU gradient, only the GIoU/DIoU/CIoU terms); ties of
+    ``min``/``max`` (equal edges, equal boxes) split the derivative equally, which gives equal boxes
+    a ~zero gradient. CIoU's alpha is a constant. The same as autograd on the reference.
+    """
+    args = check_loss_args(pred, target, beta=beta, loss_type=loss_type, box_format=box_format,
+                           normalize=normalize, batch_index=batch_index, area_range=area_range,
+                           weight=weight, reduction=reduction, eps=eps)
+    if not _use_kernels("scale_adaptive_iou_loss", pred, target):
+        return scale_adaptive_iou_loss_reference(
+            pred, target, beta=beta, loss_type=loss_type, box_format=box_format, normalize=normalize,
+            batch_index=batch_index, area_range=area_range, weight=weight, reduction=reduction, eps=eps)
+    pred_c = pred.to(args.compute_dtype)
+    target_c = target.detach().to(args.compute_dtype)
+    weight_c = None if weight is None else weight.detach().to(args.compute_dtype)
+    compute_grad = torch.is_grad_enabled() and pred_c.requires_grad
+    # The kernels check target finiteness and batch_index >= 0 during their passes.
+    loss, _ = torch.ops.sarl.sal_loss(
+        pred_c, target_c, batch_index if normalize == "image" else None, weight_c, box_format, loss_type,
+        normalize, float(beta), args.area_lo, args.area_hi, reduction, float(eps), compute_grad)
+    return loss.to(args.out_dtype)
+
+
+def sal_weights(
+    target: torch.Tensor,
+    *,
+    beta: float = DEFAULT_BETA,
+    box_format: str = "xyxy",
+    normalize: str = "batch",
+    batch_index: Optional[torch.Tensor] = None,
+    area_range: Optional[Sequence[float]] = None,
+) -> torch.Tensor:
+    """Per-box SAL weights ``w_i = beta * ln(2 - s_i)``: [N], dtype of target (float32 for half types).
+
+    Same options as :func:`scale_adaptive_iou_loss`; the weights carry no gradient.
+    """
+    area_lo, area_hi = check_weight_args(target, beta=beta, box_format=box_format, normalize=normalize,
+                                         batch_index=batch_index, area_range=area_range)
+    compute_dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
+    target_c = target.detach().to(compute_dtype)
+    if not _use_kernels("sal_weights", target):
+        return sal_weights_reference(target_c, beta=beta, box_format=box_format, normalize=normalize,
+                                     batch_index=batch_index, area_range=area_range)
+    return torch.ops.sarl.sal_weights(target_c, batch_index if normalize == "image" else None, box_format,
+                                      normalize, float(beta), area_lo, area_hi)
+
+
+class ScaleAdaptiveIoULoss(nn.Module):
+    """Module form of :func:`scale_adaptive_iou_loss`; the constructor takes the same keyword options.
+
+    ``forward(pred, target, batch_index=None, weight=None)``: per-call tensors may also be given.
+    """
+
+    def __init__(self, *, beta: float = DEFAULT_BETA, loss_type: str = "iou2", box_format: str = "xyxy",
+                 normalize: str = "batch", area_range: Optional[Sequence[float]] = None,
+                 reduction: str = "sum", eps: float = 1e-7) -> None:
+        super().__init__()
+        self.beta = beta
+        self.loss_type = loss_type
+        self.box_format = box_format
+        self.normalize = normalize
+        self.area_range = tuple(area_range) if area_range is not None else None
+        self.reduction = reduction
+        self.eps = eps
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, batch_index: Optional[torch.Tensor] = None,
+                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return scale_adaptive_iou_loss(
+            pred, target, beta=self.beta, loss_type=self.loss_type, box_format=self.box_format,
+            normalize=self.normalize, batch_index=batch_index, area_range=self.area_range, weight=weight,
+            reduction=self.reduction, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"beta={self.beta:.4g}, loss_type={self.loss_type!r}, box_format={self.box_format!r}, "
+                f"normalize={self.normalize!r}, reduction={self.reduction!r}")

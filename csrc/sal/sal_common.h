@@ -1,0 +1,75 @@
+// Argument parsing and checks of the SAL ops shared by the CPU and CUDA launchers (host only).
+// Errors are raised as ValueError / TypeError naming the argument (TORCH_CHECK_VALUE/_TYPE).
+#pragma once
+
+#include <string_view>
+
+#include <ATen/ATen.h>
+
+#include "sal/sal_math.h"
+
+namespace sarl {
+namespace sal {
+
+inline BoxFormat parse_box_format(std::string_view s) {
+  if (s == "xyxy") return BoxFormat::kXYXY;
+  if (s == "cxcywh") return BoxFormat::kCXCYWH;
+  TORCH_CHECK_VALUE(false, "box_format must be 'xyxy' or 'cxcywh', got '", std::string(s), "'");
+}
+
+inline LossType parse_loss_type(std::string_view s) {
+  if (s == "iou2") return LossType::kIoU2;
+  if (s == "iou") return LossType::kIoU;
+  if (s == "giou") return LossType::kGIoU;
+  if (s == "diou") return LossType::kDIoU;
+  if (s == "ciou") return LossType::kCIoU;
+  TORCH_CHECK_VALUE(false, "loss_type must be one of 'iou2', 'iou', 'giou', 'diou', 'ciou', got '",
+                    std::string(s), "'");
+}
+
+inline Normalize parse_normalize(std::string_view s) {
+  if (s == "batch") return Normalize::kBatch;
+  if (s == "image") return Normalize::kImage;
+  if (s == "fixed") return Normalize::kFixed;
+  if (s == "none") return Normalize::kNone;
+  TORCH_CHECK_VALUE(false, "normalize must be one of 'batch', 'image', 'fixed', 'none', got '",
+                    std::string(s), "'");
+}
+
+inline Reduction parse_reduction(std::string_view s) {
+  if (s == "none") return Reduction::kNone;
+  if (s == "sum") return Reduction::kSum;
+  if (s == "mean") return Reduction::kMean;
+  TORCH_CHECK_VALUE(false, "reduction must be 'none', 'sum' or 'mean', got '", std::string(s), "'");
+}
+
+inline void check_boxes(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) == 4, name, " must have shape [N, 4], got ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64 in the kernel, got ", t.scalar_type());
+}
+
+// Checks shared by both ops; returns the normalisation mode.
+inline Normalize check_weight_args(const at::Tensor& target, const c10::optional<at::Tensor>& batch_index,
+                                   std::string_view normalize, double area_lo, double area_hi) {
+  check_boxes(target, "target");
+  const Normalize norm = parse_normalize(normalize);
+  if (norm == Normalize::kImage) {
+    TORCH_CHECK_VALUE(batch_index.has_value(), "batch_index is required when normalize='image'");
+    const at::Tensor& b = *batch_index;
+    TORCH_CHECK_TYPE(b.scalar_type() == at::kLong, "batch_index must be int64, got ", b.scalar_type());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == target.size(0), "batch_index must have shape [N] = [",
+                      target.size(0), "], got ", b.sizes());
+    TORCH_CHECK_VALUE(b.device() == target.device(), "batch_index must be on ", target.device(),
+                      " like target, got ", b.device());
+  }
+  if (norm == Normalize::kFixed) {
+    TORCH_CHECK_VALUE(area_hi > area_lo, "area_range must satisfy hi > lo, got (", area_lo, ", ",
+                      area_hi, ")");
+  }
+  return norm;
+}
+
+}  // namespace sal
+}  // namespace sarl

@@ -1,0 +1,212 @@
+// CPU kernels of the scale-adaptive IoU loss: sarl::sal_loss and sarl::sal_weights.
+//
+// sal_loss makes at most two passes over the boxes: a min/max reduction of the target areas
+// (normalize="batch"/"image"), then one pass that computes each box's weight, loss and, when
+// asked, d loss / d pred (so the backward only scales it). Sums are taken per fixed chunk of
+// boxes and then added in chunk order, so results do not depend on the number of threads.
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "sal/sal_common.h"
+#include "sal/sal_math.h"
+
+namespace sarl {
+namespace sal {
+namespace {
+
+constexpr int64_t kChunk = 4096;  // boxes per chunk: big enough to amortise, small enough to balance
+
+inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+// Per-group [lo, hi] of target areas (G = 1 for "batch" and "fixed", number of images for "image").
+template <typename T>
+struct Ranges {
+  std::vector<T> lo, hi;
+};
+
+template <typename T>
+Ranges<T> area_ranges(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, const int64_t* bidx,
+                      double area_lo, double area_hi) {
+  Ranges<T> r;
+  if (norm == Normalize::kNone) return r;
+  if (norm == Normalize::kFixed) {
+    r.lo.assign(1, static_cast<T>(area_lo));
+    r.hi.assign(1, static_cast<T>(area_hi));
+    return r;
+  }
+  if (norm == Normalize::kBatch) {
+    const int64_t nc = num_chunks(n);
+    std::vector<T> lo(nc, std::numeric_limits<T>::infinity()), hi(nc, -std::numeric_limits<T>::infinity());
+    at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        T l = std::numeric_limits<T>::infinity(), h = -l;
+        const int64_t end = std::min(n, (c + 1) * kChunk);
+        for (int64_t i = c * kChunk; i < end; ++i) {
+          const T a = box_area(tgt + 4 * i, fmt);
+          l = a < l ? a : l;
+          h = a > h ? a : h;
+        }
+        lo[c] = l;
+        hi[c] = h;
+      }
+    });
+    r.lo.assign(1, n ? *std::min_element(lo.begin(), lo.end()) : T(0));
+    r.hi.assign(1, n ? *std::max_element(hi.begin(), hi.end()) : T(0));
+    return r;
+  }
+  // "image": segment min/max by batch_index (one serial pass; groups are few).
+  int64_t groups = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(bidx[i] >= 0, "batch_index must be >= 0, got ", bidx[i], " at row ", i);
+    groups = std::max(groups, bidx[i] + 1);
+  }
+  r.lo.assign(groups, std::numeric_limits<T>::infinity());
+  r.hi.assign(groups, -std::numeric_limits<T>::infinity());
+  for (int64_t i = 0; i < n; ++i) {
+    const T a = box_area(tgt + 4 * i, fmt);
+    const int64_t g = bidx[i];
+    r.lo[g] = std::min(r.lo[g], a);
+    r.hi[g] = std::max(r.hi[g], a);
+  }
+  return r;
+}
+
+template <typename T>
+inline T box_weight(const T* tgt_box, int64_t i, BoxFormat fmt, Normalize norm, const int64_t* bidx,
+                    const Ranges<T>& r, T beta) {
+  if (norm == Normalize::kNone) return T(1);
+  const int64_t g = norm == Normalize::kImage ? bidx[i] : 0;
+  return scale_weight(box_area(tgt_box, fmt), r.lo[g], r.hi[g], beta);
+}
+
+void raise_first_non_finite(const std::vector<int64_t>& bad) {
+  for (int64_t b : bad) {
+    TORCH_CHECK_VALUE(b < 0, "target must be finite: row ", b, " has a NaN or infinite coordinate");
+  }
+}
+
+at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
+                           c10::string_view box_format, c10::string_view normalize, double beta,
+                           double area_lo, double area_hi) {
+  const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
+  const BoxFormat fmt = parse_box_format(box_format);
+  const at::Tensor target = target_in.contiguous();
+  at::Tensor bidx_t;
+  if (norm == Normalize::kImage) bidx_t = batch_index->contiguous();
+  const int64_t n = target.size(0);
+  at::Tensor out = at::empty({n}, target.options());
+  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "sal_weights_cpu", [&] {
+    const scalar_t* tgt = target.data_ptr<scalar_t>();
+    const int64_t* bidx = bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr;
+    scalar_t* w = out.data_ptr<scalar_t>();
+    std::vector<int64_t> bad(num_chunks(n), -1);
+    at::parallel_for(0, num_chunks(n), 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        const int64_t end = std::min(n, (c + 1) * kChunk);
+        for (int64_t i = c * kChunk; i < end; ++i) {
+          if (!box_finite(tgt + 4 * i) && bad[c] < 0) bad[c] = i;
+        }
+      }
+    });
+    raise_first_non_finite(bad);
+    const Ranges<scalar_t> r = area_ranges(tgt, n, fmt, norm, bidx, area_lo, area_hi);
+    const scalar_t b = static_cast<scalar_t>(beta);
+    at::parallel_for(0, n, kChunk, [&](int64_t ib, int64_t ie) {
+      for (int64_t i = ib; i < ie; ++i) w[i] = box_weight(tgt + 4 * i, i, fmt, norm, bidx, r, b);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
+    const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
+    const c10::optional<at::Tensor>& weight, c10::string_view box_format, c10::string_view loss_type,
+    c10::string_view normalize, double beta, double area_lo, double area_hi, c10::string_view reduction,
+    double eps, bool compute_grad) {
+  check_boxes(pred_in, "pred");
+  const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
+  TORCH_CHECK_VALUE(pred_in.size(0) == target_in.size(0), "pred and target must have the same N, got ",
+                    pred_in.size(0), " and ", target_in.size(0));
+  TORCH_CHECK_TYPE(pred_in.scalar_type() == target_in.scalar_type(), "pred and target must have the same dtype, got ",
+                   pred_in.scalar_type(), " and ", target_in.scalar_type());
+  const BoxFormat fmt = parse_box_format(box_format);
+  const LossType type = parse_loss_type(loss_type);
+  const Reduction red = parse_reduction(reduction);
+  const int64_t n = pred_in.size(0);
+  if (weight.has_value()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == n, "weight must have shape [N] = [", n,
+                      "], got ", weight->sizes());
+    TORCH_CHECK_TYPE(weight->scalar_type() == pred_in.scalar_type(), "weight must have the dtype of pred (",
+                     pred_in.scalar_type(), "), got ", weight->scalar_type());
+  }
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor weight_t = weight.has_value() ? weight->contiguous() : at::Tensor();
+  const at::Tensor bidx_t = norm == Normalize::kImage ? batch_index->contiguous() : at::Tensor();
+
+  at::Tensor loss = red == Reduction::kNone ? at::empty({n}, pred.options()) : at::empty({}, pred.options());
+  at::Tensor grad = at::empty({compute_grad ? n : 0, 4}, pred.options());
+
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "sal_loss_cpu", [&] {
+    using acc_t = double;
+    const scalar_t* p = pred.data_ptr<scalar_t>();
+    const scalar_t* t = target.data_ptr<scalar_t>();
+    const scalar_t* wt = weight_t.defined() ? weight_t.data_ptr<scalar_t>() : nullptr;
+    const int64_t* bidx = bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr;
+    scalar_t* g = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = red == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
+    const Ranges<scalar_t> r = area_ranges(t, n, fmt, norm, bidx, area_lo, area_hi);
+    const scalar_t b = static_cast<scalar_t>(beta);
+    const scalar_t e = static_cast<scalar_t>(eps);
+    const scalar_t grad_scale = red == Reduction::kMean && n > 0 ? scalar_t(1) / static_cast<scalar_t>(n) : scalar_t(1);
+
+    const int64_t nc = num_chunks(n);
+    std::vector<acc_t> partial(nc, acc_t(0));
+    std::vector<int64_t> bad(nc, -1);
+    at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        acc_t acc = 0;
+        const int64_t end = std::min(n, (c + 1) * kChunk);
+        for (int64_t i = c * kChunk; i < end; ++i) {
+          const scalar_t* tb = t + 4 * i;
+          if (!box_finite(tb)) {
+            if (bad[c] < 0) bad[c] = i;
+            continue;
+          }
+          scalar_t w = box_weight(tb, i, fmt, norm, bidx, r, b);
+          if (wt != nullptr) w *= wt[i];
+          const scalar_t l = box_loss(p + 4 * i, tb, fmt, type, e, w * grad_scale, g ? g + 4 * i : nullptr);
+          if (out != nullptr) {
+            out[i] = w * l;
+          } else {
+            acc += static_cast<acc_t>(w * l);
+          }
+        }
+        partial[c] = acc;
+      }
+    });
+    raise_first_non_finite(bad);
+    if (out == nullptr) {
+      acc_t total = 0;
+      for (acc_t v : partial) total += v;
+      if (red == Reduction::kMean && n > 0) total /= static_cast<acc_t>(n);
+      loss.fill_(static_cast<scalar_t>(total));
+    }
+  });
+  return {loss, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sarl, CPU, m) {
+  m.impl("sal_loss", &sal_loss_cpu);
+  m.impl("sal_weights", &sal_weights_cpu);
+}
+
+}  // namespace sal
+}  // namespace sarl

@@ -1,0 +1,56 @@
+"""Train / test data loaders for the YOLO detectors (detectron2 loaders around :class:`YOLOMapper`)."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch.utils.data as torchdata
+
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import TrainingSampler
+
+from .mapper import YOLOMapper
+
+logger = logging.getLogger(__name__)
+
+
+def build_yolo_train_loader(cfg, mapper: Optional[YOLOMapper] = None) -> torchdata.DataLoader:
+    """Infinite training loader over ``cfg.DATASETS.TRAIN``.
+
+    Sampler: detectron2's ``TrainingSampler`` (infinite shuffled stream, seeded with ``cfg.SEED`` when >= 0,
+    sharded by rank under DDP). Batches: lists of ``cfg.SOLVER.IMS_PER_BATCH / world_size`` mapped dicts.
+    The mapper (given, or ``YOLOMapper(cfg, True, dataset_dicts)``) is kept as ``loader.yolo_mapper`` so the
+    no-aug hook can call ``loader.yolo_mapper.set_augmentation(False)``.
+    """
+    dataset_dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    if mapper is None:
+        mapper = YOLOMapper(cfg, is_train=True, dataset_dicts=dataset_dicts)
+    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
+    loader = build_detection_train_loader(
+        dataset_dicts,
+        mapper=mapper,
+        sampler=sampler,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        # Every output is IMG_SIZE x IMG_SIZE: grouping by the original aspect ratio would only delay batches.
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+    loader.yolo_mapper = mapper
+    return loader
+
+
+def build_yolo_test_loader(cfg, dataset_name: str, batch_size: int = 1) -> torchdata.DataLoader:
+    """Inference loader over one registered dataset, letterboxing each image to ``cfg.INPUT.YOLO.IMG_SIZE``."""
+    dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    return build_detection_test_loader(
+        dataset_dicts,
+        mapper=YOLOMapper(cfg, is_train=False),
+        batch_size=batch_size,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -1,0 +1,259 @@
+"""``YOLOMapper``: dataset dict -> model input, with YOLOX-style augmentation that keeps tiny objects.
+
+Training pipeline (each step switchable by config, INPUT.YOLO.*):
+    with prob MOSAIC_PROB:  mosaic of 4 images (3 partners drawn from ``dataset_dicts``)
+                            -> random affine (DEGREES, TRANSLATE, MOSAIC_SCALE, SHEAR) to IMG_SIZE
+                            -> with prob MIXUP_PROB: mixup with one more letterboxed image (MIXUP_SCALE)
+    otherwise:              letterbox to IMG_SIZE
+    then:                   HSV jitter (HSV_PROB, HSV_GAIN), horizontal flip (FLIP_PROB)
+    boxes:                  clipped to the image; kept when both sides >= MIN_BOX_SIZE (default 1 px) and at least
+                            MIN_VISIBLE_FRACTION of the box is inside the image. No cap on the number of labels.
+Test pipeline: letterbox only.
+
+``set_augmentation(False)`` (the YOLOX "no-aug" last epochs) switches off mosaic, mixup and the random affine;
+HSV and flip stay on, as in YOLOX. The flag lives in a ``multiprocessing.Value`` created with the mapper, so the
+DataLoader workers (forked or spawned from the process that built the loader) see the change on their next sample.
+What the trainer must do: keep the mapper it gave to ``build_yolo_train_loader`` (or read ``loader.yolo_mapper``)
+and call ``mapper.set_augmentation(False)`` at the no-aug epoch; batches already prefetched by the workers
+(``num_workers * prefetch_factor``) still carry the old augmentation.
+
+Unreadable images: a warning names the file, ``num_unreadable`` counts it (shared by all worker processes), and
+another sample is drawn (train). At test time an unreadable image is an error naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from detectron2.data.common import DatasetFromList
+from detectron2.structures import BoxMode, Boxes, Instances
+
+from . import transforms as T
+
+logger = logging.getLogger(__name__)
+
+_MAX_CONSECUTIVE_UNREADABLE = 20
+
+
+def annotations_to_arrays(record: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """Training targets of one dataset dict: ([N, 4] XYXY float64, [N] int64).
+
+    Crowd / ``ignore`` annotations are not targets (a YOLO head has no ignore label); ``difficult`` ones are.
+    """
+    kept = [a for a in record.get("annotations", []) if not (a.get("iscrowd", 0) or a.get("ignore", 0))]
+    if not kept:
+        return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    modes = {a.get("bbox_mode", BoxMode.XYWH_ABS) for a in kept}
+    try:
+        raw = np.array([a["bbox"] for a in kept], dtype=np.float64).reshape(len(kept), 4)
+    except (ValueError, TypeError):
+        raise ValueError(f"{record.get('file_name')}: an annotation bbox is not 4 numbers") from None
+    if modes == {BoxMode.XYWH_ABS}:  # the common case, vectorised (BoxMode.convert is per-box slow)
+        boxes = np.concatenate([raw[:, :2], raw[:, :2] + raw[:, 2:]], axis=1)
+    else:
+        boxes = np.array([BoxMode.convert(list(b), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS)
+                          for b, a in zip(raw, kept)], dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        bad = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
+        raise ValueError(f"{record.get('file_name')}: annotation {bad} (after crowd removal) has a non-finite bbox")
+    classes = np.array([int(a["category_id"]) for a in kept], dtype=np.int64)
+    return boxes, classes
+
+
+class YOLOMapper:
+    """Callable mapping a detectron2 dataset dict to ``{"image", "instances", "height", "width", "file_name",
+    "image_id", "letterbox"}`` (see the module docstring).
+
+    Output:
+        image: uint8 tensor [3, IMG_SIZE, IMG_SIZE] in ``cfg.INPUT.FORMAT`` ("BGR" or "RGB").
+        instances: ``Instances((IMG_SIZE, IMG_SIZE), gt_boxes=Boxes [N, 4] XYXY float32, gt_classes [N] int64)``
+            (at test time only when the dict has annotations).
+        height, width: size of the ORIGINAL image (detectron2's ``detector_postprocess`` maps outputs back to it).
+        letterbox: ``(scale, pad_x, pad_y)``: an original point (x, y) is at (x * scale + pad_x, y * scale + pad_y)
+            in ``image``; ``(1.0, 0.0, 0.0)`` for mosaic samples, whose frame is not that of one original image.
+    """
+
+    def __init__(self, cfg, is_train: bool, dataset_dicts: Optional[List[Dict[str, Any]]] = None):
+        yolo = cfg.INPUT.YOLO
+        self.is_train = is_train
+        self.img_size = int(yolo.IMG_SIZE)
+        self.image_format = cfg.INPUT.FORMAT
+        if self.image_format not in ("BGR", "RGB"):
+            raise ValueError(f"cfg.INPUT.FORMAT must be 'BGR' or 'RGB' for the YOLO mapper, got {self.image_format!r}")
+        self.mosaic_prob = float(yolo.MOSAIC_PROB)
+        self.mosaic_scale = tuple(yolo.MOSAIC_SCALE)
+        self.mixup_prob = float(yolo.MIXUP_PROB)
+        self.mixup_scale = tuple(yolo.MIXUP_SCALE)
+        self.hsv_prob = float(yolo.HSV_PROB)
+        self.hsv_gain = tuple(yolo.HSV_GAIN)
+        self.flip_prob = float(yolo.FLIP_PROB)
+        self.degrees = float(yolo.DEGREES)
+        self.translate = float(yolo.TRANSLATE)
+        self.shear = float(yolo.SHEAR)
+        self.min_box_size = float(yolo.MIN_BOX_SIZE)
+        self.min_visible = float(yolo.get("MIN_VISIBLE_FRACTION", 0.1))
+        self.mask_ignore_regions = bool(yolo.get("MASK_IGNORE_REGIONS", True))
+        seed = int(yolo.get("SEED", -1))
+        self.seed: Optional[int] = None if seed < 0 else seed
+        if self.img_size <= 0 or self.img_size % 2:
+            raise ValueError(f"cfg.INPUT.YOLO.IMG_SIZE must be a positive even number, got {self.img_size}")
+        if self.min_box_size < 0:
+            raise ValueError(f"cfg.INPUT.YOLO.MIN_BOX_SIZE must be >= 0, got {self.min_box_size}")
+        needs_partners = is_train and (self.mosaic_prob > 0 or self.mixup_prob > 0)
+        if needs_partners and not dataset_dicts:
+            raise ValueError("YOLOMapper(is_train=True) with mosaic or mixup needs dataset_dicts to draw partners from")
+        # Serialized (one byte buffer, as detectron2's loaders do): forked workers share it without
+        # copy-on-access growth, and each draw returns a fresh dict.
+        self.dataset_dicts = DatasetFromList(list(dataset_dicts), copy=False, serialize=True) if dataset_dicts else []
+        # Shared with DataLoader workers (inherited at fork/spawn): the no-aug switch reaches them.
+        self._augment = multiprocessing.Value("b", 1, lock=False)
+        # Unreadable images skipped, counted over the main process and all its workers.
+        self._unreadable = multiprocessing.Value("i", 0)
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_owner: Optional[Tuple[int, int]] = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Public switches
+    # ------------------------------------------------------------------------------------------------------------
+    def set_augmentation(self, enabled: bool) -> None:
+        """Switch mosaic, mixup and the random affine on/off (all worker processes see it)."""
+        self._augment.value = 1 if enabled else 0
+        logger.info(f"YOLOMapper: strong augmentation (mosaic/mixup/affine) {'on' if enabled else 'off'}")
+
+    @property
+    def augmentation_enabled(self) -> bool:
+        return bool(self._augment.value)
+
+    @property
+    def num_unreadable(self) -> int:
+        """Images skipped because they could not be decoded (all processes sharing this mapper)."""
+        return int(self._unreadable.value)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # RNG: one stream per process, deterministic from (seed or torch.initial_seed(), worker id)
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def rng(self) -> np.random.Generator:
+        worker = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), worker.id if worker is not None else -1)
+        if self._rng is None or self._rng_owner != owner:
+            # In a worker, torch.initial_seed() is already base_seed + worker_id (seeded by the loader).
+            base = self.seed if self.seed is not None else torch.initial_seed() % 2**63
+            self._rng = np.random.default_rng([base, owner[1] + 1])
+            self._rng_owner = owner
+        return self._rng
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream of this process from ``seed`` (tests, visual checks)."""
+        self.seed = int(seed)
+        self._rng = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+    def _read(self, record: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """BGR image and its targets; ``None`` (with a warning and a count) when the file cannot be decoded."""
+        file_name = record["file_name"]
+        image = cv2.imread(file_name, cv2.IMREAD_COLOR)
+        if image is None:
+            with self._unreadable.get_lock():
+                self._unreadable.value += 1
+            logger.warning(f"YOLOMapper: cannot read image {file_name}; skipped, another sample is used "
+                           f"({self.num_unreadable} unreadable so far)")
+            return None
+        boxes, classes = annotations_to_arrays(record)
+        regions = record.get("ignore_regions") or []
+        if self.is_train and self.mask_ignore_regions and len(regions):
+            image = image.copy()
+            for x1, y1, x2, y2 in np.asarray(regions, dtype=np.float64).reshape(-1, 4):
+                image[int(max(y1, 0)): int(np.ceil(y2)), int(max(x1, 0)): int(np.ceil(x2))] = T.PAD_VALUE
+        height, width = image.shape[:2]
+        boxes = T.clip_boxes(boxes, width, height)
+        return image, boxes, classes
+
+    def _read_random(self) -> Tuple[Dict[str, Any], Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """A random readable record from ``dataset_dicts`` and its loaded image and targets."""
+        for _ in range(_MAX_CONSECUTIVE_UNREADABLE):
+            record = self.dataset_dicts[int(self.rng.integers(len(self.dataset_dicts)))]
+            loaded = self._read(record)
+            if loaded is not None:
+                return record, loaded
+        raise RuntimeError(f"YOLOMapper: {_MAX_CONSECUTIVE_UNREADABLE} unreadable images in a row; see the warnings")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Mapping
+    # ------------------------------------------------------------------------------------------------------------
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        loaded = self._read(dataset_dict)
+        if loaded is None:
+            if not self.is_train:
+                raise OSError(f"YOLOMapper: cannot read image {dataset_dict['file_name']}")
+            if not self.dataset_dicts:
+                return None  # detectron2's MapDataset retries with another index
+            # The output then describes the substitute (its file_name, image_id), not the unreadable file.
+            return self._map_train(*self._read_random())
+        return self._map_train(dataset_dict, loaded) if self.is_train else self._map_test(dataset_dict, loaded)
+
+    def _map_test(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray]):
+        image, boxes, classes = loaded
+        out_image, scale, pad_x, pad_y = T.letterbox(image, self.img_size)
+        with_targets = "annotations" in dataset_dict
+        boxes = T.letterbox_boxes(boxes, scale, pad_x, pad_y)
+        return self._output(dataset_dict, out_image, boxes if with_targets else None, classes, (scale, pad_x, pad_y))
+
+    def _map_train(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray]):
+        rng = self.rng
+        image, boxes, classes = loaded
+        size = self.img_size
+        strong = self.augmentation_enabled
+        if strong and rng.uniform() < self.mosaic_prob:
+            partners = [self._read_random()[1] for _ in range(3)]
+            images = [image] + [p[0] for p in partners]
+            canvas, boxes, classes = T.mosaic(images, [boxes] + [p[1] for p in partners],
+                                              [classes] + [p[2] for p in partners], size, rng)
+            image, boxes, classes = T.random_affine(
+                canvas, boxes, classes, size, rng, degrees=self.degrees, translate=self.translate,
+                scale_range=self.mosaic_scale, shear=self.shear, min_size=self.min_box_size,
+                min_visible=self.min_visible)
+            letterbox_params = (1.0, 0.0, 0.0)
+            if rng.uniform() < self.mixup_prob:
+                other_image, other_boxes, other_classes = self._read_random()[1]
+                image, boxes, classes = T.mixup(
+                    image, boxes, classes, other_image, other_boxes, other_classes, rng,
+                    scale_range=self.mixup_scale, min_size=self.min_box_size, min_visible=self.min_visible)
+        else:
+            image, scale, pad_x, pad_y = T.letterbox(image, size)
+            boxes = T.letterbox_boxes(boxes, scale, pad_x, pad_y)
+            boxes, classes = T.filter_boxes(T.clip_boxes(boxes, size, size), classes, self.min_box_size)
+            letterbox_params = (scale, pad_x, pad_y)
+        if rng.uniform() < self.hsv_prob:
+            image = T.augment_hsv(image, self.hsv_gain, rng)
+        if rng.uniform() < self.flip_prob:
+            image, boxes = T.horizontal_flip(image, boxes)
+        return self._output(dataset_dict, image, boxes, classes, letterbox_params)
+
+    def _output(self, dataset_dict: Dict[str, Any], image: np.ndarray, boxes: Optional[np.ndarray],
+                classes: np.ndarray, letterbox_params: Tuple[float, float, float]) -> Dict[str, Any]:
+        if self.image_format == "RGB":
+            image = image[:, :, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        out = {
+            "image": tensor,
+            "height": int(dataset_dict.get("height", image.shape[0])),
+            "width": int(dataset_dict.get("width", image.shape[1])),
+            "file_name": dataset_dict["file_name"],
+            "image_id": dataset_dict.get("image_id"),
+            "letterbox": tuple(float(v) for v in letterbox_params),
+        }
+        if boxes is not None:
+            instances = Instances((self.img_size, self.img_size))
+            instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
+            out["instances"] = instances
+        return out

@@ -1,0 +1,420 @@
+"""``YOLOTrainer``: Detectron2's ``DefaultTrainer`` with the YOLOX training recipe.
+
+What it adds to ``DefaultTrainer`` (each piece selected by ``SOLVER.YOLO.*`` / ``SOLVER.EMA.*``):
+
+- epochs -> iterations: ``SOLVER.YOLO.EPOCHS`` times ``ITERS_PER_EPOCH`` (0: ``len(train set) // IMS_PER_BATCH``)
+  gives ``max_iter`` (it replaces ``SOLVER.MAX_ITER``; ``EPOCHS <= 0`` keeps ``SOLVER.MAX_ITER``);
+- SGD nesterov, momentum ``SOLVER.MOMENTUM`` (0.9), weight decay ``SOLVER.WEIGHT_DECAY`` on conv weights only,
+  lr = ``BASE_LR_PER_IMAGE * IMS_PER_BATCH`` (the total batch over all processes);
+- the "yoloxwarmcos" schedule (``sarl.engine.schedule``);
+- EMA weights (``ModelEMA``): evaluated, saved as ``checkpoint["ema"]`` (weights + update count), and used
+  for inference when a checkpoint is loaded as ``MODEL.WEIGHTS``;
+- the no-aug phase for the last ``NO_AUG_EPOCHS`` (``NoAugHook``);
+- AMP on CUDA (``SOLVER.AMP.ENABLED``), gradient clipping (``SOLVER.CLIP_GRADIENTS``, after AMP unscaling),
+  SyncBN (``SOLVER.YOLO.SYNC_BN``) when training on several CUDA processes;
+- exact resume: iteration, model, optimizer, EMA, scheduler, no-aug state, grad scaler and the data order
+  (the sampler's seed and position are saved; the resumed loader skips the samples already drawn).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model, hooks
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+import sarl.data  # noqa: F401  (registers the project's datasets)
+import sarl.modeling  # noqa: F401  (registers YOLODetector, backbones, heads)
+
+from .hooks import EMAHook, ModelEMA, NoAugHook, unwrap_model
+from .sampler import ResumableTrainingSampler
+from .schedule import EpochPlan, YOLOXWarmCosineMultiplier, build_yolo_sgd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["YOLOTrainer", "YOLOCheckpointer", "YOLOStepRunner", "load_inference_weights", "plan_epochs"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpointing
+# ---------------------------------------------------------------------------------------------------------
+class YOLOCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that, when loading weights only (not resuming), takes the EMA weights of a
+    checkpoint written by :class:`YOLOTrainer` as the model weights: they are the weights that were evaluated.
+    Resuming (``load(path, checkpointables=[...])`` through ``resume_or_load(resume=True)``) loads both the raw
+    and the EMA weights unchanged."""
+
+    def __init__(self, *args, prefer_ema: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefer_ema = prefer_ema
+        self._weights_only = False
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        self._weights_only = not (resume and self.has_checkpoint())
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._weights_only = False
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        loaded = super()._load_file(filename)
+        if self._weights_only and self.prefer_ema and isinstance(loaded.get("ema"), dict) and "state" in loaded["ema"]:
+            self.logger.info(f"Using the EMA weights of {filename} (after {loaded['ema'].get('updates')} updates)")
+            loaded["model"] = loaded["ema"]["state"]
+        return loaded
+
+
+def load_inference_weights(model: nn.Module, path: str, prefer_ema: bool = True) -> Dict[str, Any]:
+    """Load ``path`` into ``model`` for inference (EMA weights when the checkpoint has them)."""
+    checkpointer = YOLOCheckpointer(model, prefer_ema=prefer_ema)
+    return checkpointer.resume_or_load(path, resume=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One training step: SimpleTrainer + optional AMP + gradient clipping
+# ---------------------------------------------------------------------------------------------------------
+class YOLOStepRunner(SimpleTrainer):
+    """``SimpleTrainer.run_step`` with AMP (CUDA only) and gradient clipping applied to *unscaled* gradients
+    (detectron2's optimizer-wrapping clip would clip the loss-scaled gradients under AMP)."""
+
+    def __init__(self, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *, amp: bool = False,
+                 clip_fn: Optional[Callable[[List[nn.Parameter]], Any]] = None):
+        super().__init__(model, data_loader, optimizer)
+        self.amp = amp
+        self.clip_fn = clip_fn
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def run_step(self) -> None:
+        assert self.model.training, "[YOLOStepRunner] model was changed to eval mode!"
+        import time
+
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(losses).backward()
+        if self.clip_fn is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = self.clip_fn(params)
+            if norm is not None:
+                get_event_storage().put_scalar("grad_norm", float(norm))
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "grad_scaler" in state and self.amp:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+def _build_clip_fn(cfg) -> Optional[Callable[[List[nn.Parameter]], Any]]:
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return None
+    if clip.CLIP_VALUE <= 0:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be > 0, got {clip.CLIP_VALUE}")
+    if clip.CLIP_TYPE == "value":
+        return lambda params: torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+    if clip.CLIP_TYPE in ("norm", "full_model"):
+        return lambda params: torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
+    raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value', 'norm' or 'full_model', got {clip.CLIP_TYPE!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Epochs <-> iterations
+# ---------------------------------------------------------------------------------------------------------
+def train_dataset_dicts(cfg) -> List[Dict[str, Any]]:
+    """The training records, filtered as detectron2's loader does (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``)."""
+    from detectron2.data import get_detection_dataset_dicts
+
+    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+
+def plan_epochs(cfg, dataset_size: Optional[int] = None) -> EpochPlan:
+    """The :class:`EpochPlan` of ``cfg`` (``dataset_size`` is looked up when needed and not given)."""
+    y = cfg.SOLVER.YOLO
+    ipe = int(y.ITERS_PER_EPOCH)
+    if ipe <= 0:
+        size = len(train_dataset_dicts(cfg)) if dataset_size is None else dataset_size
+        ipe = size // cfg.SOLVER.IMS_PER_BATCH
+        if ipe < 1:
+            raise ValueError(f"training set of {size} images is smaller than SOLVER.IMS_PER_BATCH "
+                             f"({cfg.SOLVER.IMS_PER_BATCH}); lower it or set SOLVER.YOLO.ITERS_PER_EPOCH")
+    if y.EPOCHS > 0:
+        return EpochPlan.from_epochs(ipe, y.EPOCHS, y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)
+    return EpochPlan.from_iters(ipe, int(cfg.SOLVER.MAX_ITER), y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)
+
+
+def _yolo_train_loader(cfg, mapper, dataset, sampler):
+    """The data package's loader when it takes our sampler, else detectron2's with the YOLO mapper."""
+    try:
+        from sarl.data import build_yolo_train_loader
+    except ImportError:
+        build_yolo_train_loader = None
+    if build_yolo_train_loader is not None:
+        import inspect
+
+        if "sampler" in inspect.signature(build_yolo_train_loader).parameters:
+            return build_yolo_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
+    # As sarl.data.build_yolo_train_loader, with our sampler. Square letterboxed outputs: aspect-ratio
+    # grouping would only reorder the stream.
+    return build_detection_train_loader(dataset, mapper=mapper, sampler=sampler,
+                                        total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
+                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+
+def _create_ddp_model(model: nn.Module) -> nn.Module:
+    """DDP wrapper when several processes train (detectron2's ``create_ddp_model`` always passes CUDA
+    ``device_ids``, which DDP rejects for CPU modules: CPU/Gloo processes need none)."""
+    if comm.get_world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return create_ddp_model(model, broadcast_buffers=False)
+    # broadcast_buffers=False as YOLOX: each process keeps its own BN statistics (SyncBN shares them).
+    return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------------------
+class YOLOTrainer(DefaultTrainer):
+    """Detectron2 trainer with the YOLOX recipe (see the module docstring).
+
+    Usage (``tools/train_net.py``)::
+
+        trainer = YOLOTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ is not called: the order differs (the epoch plan is needed for max_iter,
+        # EMA must wrap the bare model, the data order depends on the resumed state).
+        TrainerBase.__init__(self)
+        logger_d2 = logging.getLogger("detectron2")
+        if not logger_d2.isEnabledFor(logging.INFO):
+            from detectron2.utils.logger import setup_logger
+
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.cfg = cfg
+        self.use_yolo_schedule = bool(cfg.SOLVER.YOLO.ENABLED)
+        self.train_dicts = train_dataset_dicts(cfg)
+        self.plan = plan_epochs(cfg, len(self.train_dicts)) if self.use_yolo_schedule else None
+        self.max_iter = self.plan.max_iter if self.plan else cfg.SOLVER.MAX_ITER
+        if self.plan:
+            logger.info(f"YOLO schedule: {self.plan.iters_per_epoch} iterations/epoch, {self.plan.epochs:g} epochs "
+                        f"= {self.plan.max_iter} iterations; warmup {self.plan.warmup_iters}, no-aug from "
+                        f"iteration {self.plan.no_aug_start_iter}")
+
+        model = self.build_model(cfg)
+        self.ema = (ModelEMA(model, cfg.SOLVER.EMA.DECAY, cfg.SOLVER.EMA.RAMP) if cfg.SOLVER.EMA.ENABLED else None)
+        optimizer = self.build_optimizer(cfg, model)
+        # The data seed is shared by all ranks (each takes its slice of one stream) and saved in checkpoints.
+        self.data_seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        self.no_aug_applied = False
+        data_loader = self._build_train_loader_at(0)
+
+        model = _create_ddp_model(model)
+        amp = bool(cfg.SOLVER.AMP.ENABLED)
+        if amp and not torch.cuda.is_available():
+            logger.warning("SOLVER.AMP.ENABLED is set but CUDA is not available: training in float32")
+            amp = False
+        self._trainer = YOLOStepRunner(model, data_loader, optimizer, amp=amp, clip_fn=_build_clip_fn(cfg))
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.plan)
+        extra = {"ema": self.ema} if self.ema is not None else {}
+        self.checkpointer = YOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra)
+        self.start_iter = 0
+        self.register_hooks(self.build_hooks())
+
+    # -- builders (class methods, as DefaultTrainer's, so tools can call them without a trainer) --
+    @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        from detectron2.modeling import build_model
+
+        model = build_model(cfg)
+        if cfg.SOLVER.YOLO.get("SYNC_BN", False) and comm.get_world_size() > 1:
+            if model.device.type == "cuda" if hasattr(model, "device") else torch.cuda.is_available():
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                logger.info("Converted BatchNorm layers to SyncBatchNorm")
+            else:
+                logger.warning("SOLVER.YOLO.SYNC_BN needs CUDA processes; BatchNorm kept per process")
+        logger.info(f"Model: {type(model).__name__} with "
+                    f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        if not cfg.SOLVER.YOLO.ENABLED:
+            return DefaultTrainer.build_optimizer(cfg, model)
+        lr = cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE * cfg.SOLVER.IMS_PER_BATCH
+        logger.info(f"SGD nesterov: lr {lr:g} = {cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE:g} x {cfg.SOLVER.IMS_PER_BATCH} "
+                    f"images, momentum {cfg.SOLVER.MOMENTUM}, weight decay {cfg.SOLVER.WEIGHT_DECAY} (conv weights)")
+        return build_yolo_sgd(unwrap_model(model), lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY, nesterov=True)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer, plan: Optional[EpochPlan] = None):
+        if not cfg.SOLVER.YOLO.ENABLED:
+            return DefaultTrainer.build_lr_scheduler(cfg, optimizer)
+        plan = plan or plan_epochs(cfg)
+        multiplier = YOLOXWarmCosineMultiplier(plan.max_iter, plan.warmup_iters,
+                                               plan.max_iter - plan.no_aug_start_iter, cfg.SOLVER.YOLO.MIN_LR_RATIO)
+        return LRMultiplier(optimizer, multiplier, plan.max_iter)
+
+    @classmethod
+    def build_train_loader(cls, cfg, *, seed: Optional[int] = None, start_index: int = 0, augment: bool = True,
+                           dataset: Optional[List[Dict[str, Any]]] = None):
+        """The training loader over ``cfg.DATASETS.TRAIN`` whose sampler starts at ``start_index`` (per-process
+        samples already drawn) of the stream seeded by ``seed``; ``augment=False`` builds it in no-aug mode."""
+        dataset = train_dataset_dicts(cfg) if dataset is None else dataset
+        sampler = ResumableTrainingSampler(len(dataset), seed=seed, start_index=start_index)
+        if cfg.INPUT.YOLO.ENABLED:
+            from sarl.data import YOLOMapper
+
+            mapper = YOLOMapper(cfg, True, dataset)
+            if not augment:
+                mapper.set_augmentation(False)
+            loader = _yolo_train_loader(cfg, mapper, dataset, sampler)
+            loader.yolo_mapper = mapper
+        else:
+            loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+        loader.train_sampler = sampler  # its seed/start_index tell where the data stream stands
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        if cfg.INPUT.YOLO.ENABLED:
+            try:
+                from sarl.data.build import build_yolo_test_loader
+            except ImportError:  # data package without a test loader: the mapper in test mode
+                from sarl.data import YOLOMapper
+
+                return build_detection_test_loader(cfg, dataset_name, mapper=YOLOMapper(cfg, False, None))
+            return build_yolo_test_loader(cfg, dataset_name)
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+        from sarl.evaluation import AITODEvaluator
+
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return AITODEvaluator.from_config(cfg, dataset_name, output_dir=output_folder)
+
+    # -- data order --
+    def _samples_per_iteration(self) -> int:
+        return max(self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), 1)
+
+    def _build_train_loader_at(self, iteration: int, augment: bool = True):
+        return self.build_train_loader(self.cfg, seed=self.data_seed, dataset=self.train_dicts,
+                                       start_index=iteration * self._samples_per_iteration(), augment=augment)
+
+    def _restart_train_loader(self, iteration: int) -> None:
+        augment = not self.no_aug_applied
+        self._trainer.reset_data_loader(lambda: self._build_train_loader_at(iteration, augment))
+
+    # -- no-aug phase --
+    def _switch_to_no_aug(self) -> None:
+        """Mosaic/mixup off (a new loader: DataLoader workers hold copies of the mapper), L1 loss on."""
+        self.no_aug_applied = True
+        head = getattr(unwrap_model(self.model), "head", None)
+        if head is not None and hasattr(head, "use_l1"):
+            head.use_l1 = True
+        self._restart_train_loader(self.iter)
+
+    # -- hooks --
+    def build_hooks(self) -> List[hooks.HookBase]:
+        cfg = self.cfg
+        ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer()]
+        # EMA before the scheduler/checkpointer: a checkpoint written after step i holds the EMA of step i.
+        if self.ema is not None:
+            ret.append(EMAHook(self.ema))
+        ret.append(hooks.LRScheduler())
+        if self.plan is not None:
+            ret.append(NoAugHook(self.plan.no_aug_start_iter, self._switch_to_no_aug))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(cfg, self.eval_model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.get("LOG_PERIOD", 20)))
+        return ret
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model evaluated: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # -- resume --
+    def resume_or_load(self, resume: bool = True) -> None:
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if resumed:
+            self.start_iter = self.iter + 1
+        else:
+            self._before_fresh_training()
+        if self.ema is not None and not resumed:
+            # Weights loaded from MODEL.WEIGHTS: the average starts from them.
+            self.ema.module.load_state_dict(unwrap_model(self.model).state_dict())
+        # Continue the saved data stream where it stopped (no-aug mode when the phase had begun).
+        self._restart_train_loader(self.start_iter)
+
+    def _before_fresh_training(self) -> None:
+        """YOLOv5's AutoAnchor: fit anchors to the training boxes (stored in the checkpoint as a buffer)."""
+        cfg = self.cfg
+        head = getattr(unwrap_model(self.model), "head", None)
+        if head is None or not hasattr(head, "anchors") or not cfg.MODEL.YOLOV5.AUTOANCHOR:
+            return
+        from sarl.modeling.autoanchor import check_anchors
+
+        result = check_anchors(head, self.train_dicts, cfg.INPUT.YOLO.IMG_SIZE,
+                               gen=cfg.MODEL.YOLOV5.get("AUTOANCHOR_GENERATIONS", 1000))
+        logger.info(f"AutoAnchor: best possible recall {result['bpr_before']:.4f} -> {result['bpr_after']:.4f}")
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["data"] = {"seed": self.data_seed, "samples_per_iteration": self._samples_per_iteration()}
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        data = state.get("data")
+        if data is not None:
+            self.data_seed = int(data["seed"])
+            if data.get("samples_per_iteration") != self._samples_per_iteration():
+                logger.warning("Resuming with a different batch per process: the data order restarts its stream")
+
+    # -- evaluation --
+    @classmethod
+    def test(cls, cfg, model: nn.Module, evaluators=None) -> "OrderedDict[str, Any]":
+        was_training = model.training
+        model.eval()
+        try:
+            return DefaultTrainer.test.__func__(cls, cfg, model, evaluators)
+        finally:
+            model.train(was_training)

@@ -1,0 +1,553 @@
+"""AI-TOD evaluation protocol (REFERENCE.md section 4) on detectron2 dataset dicts.
+
+Protocol:
+    COCO-style AP over IoU 0.50:0.05:0.95; area ranges
+        all [0, 1e10], vt (very tiny) [0, 8^2], t (tiny) [8^2, 16^2], s (small) [16^2, 32^2], m (medium) [32^2, 1e10];
+    maxDets [100, 300, 1500]; AP uses maxDets 1500 (as in COCO, the cap counts per image and category);
+    at most 3000 detections per image (top scores, over all classes) are kept before scoring.
+
+Ground truth comes from the dataset dicts (any reader), not from a COCO json:
+    - ``iscrowd``, ``difficult`` or ``ignore`` annotations become COCO "crowd" ground truth: a detection matched to
+      one is neither a true nor a false positive, and missing it costs nothing;
+    - VisDrone ``ignore_regions`` ([[x1, y1, x2, y2], ...] per image): a detection, or a ground-truth box, whose area
+      is covered by the *union* of the image's ignore regions for at least ``ignore_ioa_thresh`` (default 0.5, as the
+      VisDrone toolkit's rule) is removed before scoring (counted in the log).
+
+Metrics are read from ``eval["precision"]`` / ``eval["recall"]`` (``summarize()`` is hard-wired to COCO's area
+labels) and reported in % : AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, AR@100, AR@300, AR@1500, AR_vt/t/s/m (maxDets
+1500) and ``AP-<class>``. A metric with no ground truth to score is NaN (detectron2's convention).
+
+Engines: ``faster_coco_eval`` (C++, default) or ``pycocotools``; both get the same inputs and parameters, and give
+the same precision arrays (tests/test_evaluator.py checks it to 1e-6).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
+from detectron2.utils import comm
+from detectron2.utils.logger import create_small_table
+
+logger = logging.getLogger(__name__)
+
+# Label -> [min area, max area) in px^2; "all" must come first (COCO convention).
+AITOD_AREA_RANGES: "OrderedDict[str, Tuple[float, float]]" = OrderedDict(
+    [
+        ("all", (0.0, 1e10)),
+        ("vt", (0.0, 8.0**2)),
+        ("t", (8.0**2, 16.0**2)),
+        ("s", (16.0**2, 32.0**2)),
+        ("m", (32.0**2, 1e10)),
+    ]
+)
+AITOD_MAX_DETS: Tuple[int, ...] = (100, 300, 1500)
+ENGINES = ("faster_coco_eval", "pycocotools")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions: one canonical form, per image numpy arrays
+# ----------------------------------------------------------------------------------------------------------------
+def _to_numpy(values: Any, dtype: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype)
+
+
+def instances_to_prediction(image_id: Any, instances: Any) -> Dict[str, Any]:
+    """detectron2 ``Instances`` (``pred_boxes`` XYXY in original image pixels, ``scores``, ``pred_classes``) ->
+    ``{"image_id", "boxes" [N, 4] float64 XYXY, "scores" [N], "classes" [N] int64}``."""
+    boxes = instances.pred_boxes.tensor if hasattr(instances.pred_boxes, "tensor") else instances.pred_boxes
+    return {
+        "image_id": image_id,
+        "boxes": _to_numpy(boxes, np.float64).reshape(-1, 4),
+        "scores": _to_numpy(instances.scores, np.float64).reshape(-1),
+        "classes": _to_numpy(instances.pred_classes, np.int64).reshape(-1),
+    }
+
+
+def _normalize_prediction(prediction: Mapping[str, Any], index: int) -> Dict[str, Any]:
+    """Accept ``{"image_id", "instances": Instances}`` or ``{"image_id", "boxes", "scores", "classes"}``."""
+    if "image_id" not in prediction:
+        raise ValueError(f"predictions[{index}] has no 'image_id'")
+    if "instances" in prediction:
+        out = instances_to_prediction(prediction["image_id"], prediction["instances"])
+    else:
+        missing = [k for k in ("boxes", "scores", "classes") if k not in prediction]
+        if missing:
+            raise ValueError(f"predictions[{index}] needs 'instances' or 'boxes', 'scores', 'classes' (missing {missing})")
+        out = {
+            "image_id": prediction["image_id"],
+            "boxes": _to_numpy(prediction["boxes"], np.float64).reshape(-1, 4),
+            "scores": _to_numpy(prediction["scores"], np.float64).reshape(-1),
+            "classes": _to_numpy(prediction["classes"], np.int64).reshape(-1),
+        }
+    n = len(out["boxes"])
+    if len(out["scores"]) != n or len(out["classes"]) != n:
+        raise ValueError(
+            f"predictions[{index}] (image {out['image_id']!r}): {n} boxes but {len(out['scores'])} scores and "
+            f"{len(out['classes'])} classes"
+        )
+    if n and not (np.isfinite(out["boxes"]).all() and np.isfinite(out["scores"]).all()):
+        raise ValueError(f"predictions[{index}] (image {out['image_id']!r}): boxes or scores are not finite")
+    return out
+
+
+def cap_per_image(prediction: Dict[str, Any], max_dets_per_image: int) -> Dict[str, Any]:
+    """Keep the ``max_dets_per_image`` highest-scoring detections of one image (all classes together)."""
+    if max_dets_per_image <= 0 or len(prediction["scores"]) <= max_dets_per_image:
+        return prediction
+    # Stable sort on -score: equal scores keep their input order, so the cut is deterministic.
+    keep = np.argsort(-prediction["scores"], kind="stable")[:max_dets_per_image]
+    keep.sort()
+    return {**prediction, "boxes": prediction["boxes"][keep], "scores": prediction["scores"][keep],
+            "classes": prediction["classes"][keep]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ignore regions
+# ----------------------------------------------------------------------------------------------------------------
+def ignored_fraction(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Fraction of each box's area covered by the union of ``regions`` (exact, by coordinate compression).
+
+    Args:
+        boxes: [N, 4] XYXY.
+        regions: [R, 4] XYXY.
+    Returns:
+        [N] in [0, 1]; 0 for boxes of zero area.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or len(regions) == 0:
+        return np.zeros(len(boxes))
+    # The region edges cut the plane into cells; each cell is either fully inside the union or fully outside.
+    xs = np.unique(regions[:, [0, 2]])
+    ys = np.unique(regions[:, [1, 3]])
+    cx = (xs[:-1] + xs[1:]) / 2
+    cy = (ys[:-1] + ys[1:]) / 2
+    in_x = (regions[:, None, 0] <= cx[None]) & (cx[None] <= regions[:, None, 2])  # [R, nx]
+    in_y = (regions[:, None, 1] <= cy[None]) & (cy[None] <= regions[:, None, 3])  # [R, ny]
+    occupied = (in_x[:, :, None] & in_y[:, None, :]).any(axis=0).astype(np.float64)  # [nx, ny]
+    # Overlap of each box with each cell column / row (separable).
+    ox = np.clip(np.minimum(boxes[:, None, 2], xs[None, 1:]) - np.maximum(boxes[:, None, 0], xs[None, :-1]), 0, None)
+    oy = np.clip(np.minimum(boxes[:, None, 3], ys[None, 1:]) - np.maximum(boxes[:, None, 1], ys[None, :-1]), 0, None)
+    covered = np.einsum("ni,ij,nj->n", ox, occupied, oy)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.where(area > 0, covered / np.maximum(area, 1e-12), 0.0)
+
+
+def _ignore_regions_of(record: Mapping[str, Any]) -> np.ndarray:
+    regions = record.get("ignore_regions") or []
+    regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
+    if len(regions) and not (regions[:, 2:] >= regions[:, :2]).all():
+        raise ValueError(f"image {record.get('image_id')!r}: an ignore region is not [x1, y1, x2, y2] with x2>=x1, y2>=y1")
+    return regions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COCO-format inputs for the engines
+# ----------------------------------------------------------------------------------------------------------------
+def _gt_boxes_xywh(record: Mapping[str, Any]) -> np.ndarray:
+    """[N, 4] XYWH_ABS boxes of a record's annotations (vectorised for the common XYWH_ABS mode)."""
+    annotations = record["annotations"]
+    try:
+        raw = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(len(annotations), 4)
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"image {record.get('image_id')!r}: an annotation has no 4-number 'bbox'") from None
+    modes = [a.get("bbox_mode", BoxMode.XYWH_ABS) for a in annotations]
+    if any(mode != BoxMode.XYWH_ABS for mode in modes):
+        raw = np.array([BoxMode.convert(list(b), m, BoxMode.XYWH_ABS) for b, m in zip(raw, modes)],
+                       dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(raw).all() or (raw[:, 2:] < 0).any():
+        raise ValueError(f"image {record.get('image_id')!r}: a ground-truth box is not finite or has a negative size")
+    return raw
+
+
+def build_coco_inputs(
+    gt_dicts: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    *,
+    max_dets_per_image: int = 3000,
+    ignore_ioa_thresh: float = 0.5,
+) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, int]]:
+    """Ground truth and detections as two COCO datasets (dicts) with integer ids, plus counters.
+
+    Image ids are renumbered 1..N in ``gt_dicts`` order (faster_coco_eval wants ints; detectron2 ids may be strings);
+    category ids are ``contiguous id + 1``; annotation ids start at 1 (0 means "unmatched" inside the engines).
+    Predictions for images that are not in ``gt_dicts`` are an error; images without predictions are valid.
+    """
+    categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
+    image_index: Dict[Any, int] = {}
+    images, gt_anns = [], []
+    regions_by_image: Dict[int, np.ndarray] = {}
+    counts = {"gt_ignored_by_region": 0, "dt_ignored_by_region": 0, "dt_capped": 0, "gt_crowd": 0}
+    for record in gt_dicts:
+        if record["image_id"] in image_index:
+            raise ValueError(f"duplicate image_id {record['image_id']!r} in the ground-truth dicts")
+        coco_id = len(images) + 1
+        image_index[record["image_id"]] = coco_id
+        images.append({"id": coco_id, "height": int(record["height"]), "width": int(record["width"])})
+        regions = _ignore_regions_of(record)
+        regions_by_image[coco_id] = regions
+        annotations = record.get("annotations", [])
+        if not annotations:
+            continue
+        boxes = _gt_boxes_xywh(record)
+        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        in_region = ignored_fraction(xyxy, regions) >= ignore_ioa_thresh if len(regions) else np.zeros(len(boxes), bool)
+        counts["gt_ignored_by_region"] += int(in_region.sum())
+        for annotation, box, drop in zip(annotations, boxes, in_region):
+            if drop:
+                continue
+            category = int(annotation["category_id"])
+            if not 0 <= category < num_classes:
+                raise ValueError(
+                    f"image {record['image_id']!r}: ground-truth category_id {category} is outside [0, {num_classes})"
+                )
+            crowd = int(bool(annotation.get("iscrowd", 0) or annotation.get("difficult", 0)
+                             or annotation.get("ignore", 0)))
+            counts["gt_crowd"] += crowd
+            gt_anns.append({
+                "id": len(gt_anns) + 1,
+                "image_id": coco_id,
+                "category_id": category + 1,
+                "bbox": box.tolist(),
+                # The dataset's area when it has one (official jsons), the box area otherwise.
+                "area": float(annotation.get("area", box[2] * box[3])),
+                "iscrowd": crowd,
+            })
+
+    dt_anns: List[Dict[str, Any]] = []
+    for index, raw in enumerate(predictions):
+        prediction = _normalize_prediction(raw, index)
+        coco_id = image_index.get(prediction["image_id"])
+        if coco_id is None:
+            raise ValueError(f"predictions[{index}]: image_id {prediction['image_id']!r} is not in the ground truth")
+        before = len(prediction["scores"])
+        prediction = cap_per_image(prediction, max_dets_per_image)
+        counts["dt_capped"] += before - len(prediction["scores"])
+        boxes, scores, classes = prediction["boxes"], prediction["scores"], prediction["classes"]
+        if len(classes) and (classes.min() < 0 or classes.max() >= num_classes):
+            raise ValueError(
+                f"predictions[{index}] (image {prediction['image_id']!r}): class ids must lie in [0, {num_classes})"
+            )
+        regions = regions_by_image[coco_id]
+        if len(regions) and len(boxes):
+            keep = ignored_fraction(boxes, regions) < ignore_ioa_thresh
+            counts["dt_ignored_by_region"] += int((~keep).sum())
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        wh = boxes[:, 2:] - boxes[:, :2]
+        for box, size, score, category in zip(boxes.tolist(), wh.tolist(), scores.tolist(), classes.tolist()):
+            dt_anns.append({
+                "id": len(dt_anns) + 1,
+                "image_id": coco_id,
+                "category_id": category + 1,
+                "bbox": [box[0], box[1], size[0], size[1]],
+                "score": score,
+                "area": size[0] * size[1],
+                "iscrowd": 0,
+            })
+    gt = {"images": images, "categories": categories, "annotations": gt_anns}
+    dt = {"images": images, "categories": categories, "annotations": dt_anns}
+    return gt, dt, counts
+
+
+def run_coco_engine(
+    gt: Dict[str, Any],
+    dt: Dict[str, Any],
+    *,
+    engine: str = "faster_coco_eval",
+    max_dets: Sequence[int] = AITOD_MAX_DETS,
+    area_ranges: Mapping[str, Tuple[float, float]] = AITOD_AREA_RANGES,
+) -> Dict[str, Any]:
+    """Evaluate + accumulate with ``engine`` on the COCO dicts of :func:`build_coco_inputs`.
+
+    Returns ``{"precision": [T, R, K, A, M], "recall": [T, K, A, M], "scores": [T, R, K, A, M], "params": {...}}``
+    (arrays of -1 where a (class, area) cell has no ground truth).
+    """
+    if engine == "faster_coco_eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval.core.faster_eval_api import COCOeval_faster as COCOeval
+
+        def make(dataset: Dict[str, Any]):
+            return COCO(copy.copy(dataset))
+
+        evaluator_kwargs = {"print_function": logger.debug}
+    elif engine == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        def make(dataset: Dict[str, Any]):
+            coco = COCO()
+            coco.dataset = copy.copy(dataset)
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+            return coco
+
+        evaluator_kwargs = {}
+    else:
+        raise ValueError(f"unknown evaluation engine {engine!r}; expected one of {ENGINES}")
+
+    coco_gt, coco_dt = make(gt), make(dt)
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox", **evaluator_kwargs)
+    params = evaluator.params
+    params.imgIds = [image["id"] for image in gt["images"]]
+    params.catIds = [category["id"] for category in gt["categories"]]
+    params.maxDets = sorted(int(m) for m in max_dets)
+    params.areaRng = [list(r) for r in area_ranges.values()]
+    params.areaRngLbl = list(area_ranges.keys())
+    params.useCats = 1
+    # pycocotools prints its progress: keep it out of the training log.
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    result = {
+        "precision": np.asarray(evaluator.eval["precision"], dtype=np.float64),
+        "recall": np.asarray(evaluator.eval["recall"], dtype=np.float64),
+        "scores": np.asarray(evaluator.eval["scores"], dtype=np.float64),
+        "params": {
+            "iouThrs": np.asarray(params.iouThrs).tolist(),
+            "recThrs": np.asarray(params.recThrs).tolist(),
+            "maxDets": [int(m) for m in params.maxDets],
+            "areaRng": [[float(lo), float(hi)] for lo, hi in params.areaRng],
+            "areaRngLbl": [str(label) for label in params.areaRngLbl],
+            "catIds": [int(c) for c in params.catIds],
+        },
+    }
+    return result
+
+
+def _empty_eval(num_classes: int, max_dets: Sequence[int]) -> Dict[str, Any]:
+    """The arrays of an evaluation with nothing to score (all -1), in the engines' layout."""
+    iou_thrs = np.linspace(0.5, 0.95, 10)
+    rec_thrs = np.linspace(0.0, 1.0, 101)
+    shape = (len(iou_thrs), len(rec_thrs), num_classes, len(AITOD_AREA_RANGES), len(max_dets))
+    return {
+        "precision": -np.ones(shape), "recall": -np.ones((shape[0],) + shape[2:]), "scores": -np.ones(shape),
+        "params": {"iouThrs": iou_thrs.tolist(), "recThrs": rec_thrs.tolist(),
+                   "maxDets": sorted(int(m) for m in max_dets),
+                   "areaRng": [[float(lo), float(hi)] for lo, hi in AITOD_AREA_RANGES.values()],
+                   "areaRngLbl": list(AITOD_AREA_RANGES), "catIds": list(range(1, num_classes + 1))},
+    }
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(np.mean(valid)) * 100.0 if valid.size else float("nan")
+
+
+def summarize_aitod(coco_eval: Mapping[str, Any], class_names: Sequence[str]) -> "OrderedDict[str, float]":
+    """AI-TOD metrics (in %) from the accumulated arrays of :func:`run_coco_engine`."""
+    precision, recall = coco_eval["precision"], coco_eval["recall"]
+    params = coco_eval["params"]
+    iou_thrs = np.asarray(params["iouThrs"])
+    labels = list(params["areaRngLbl"])
+    max_dets = list(params["maxDets"])
+    last = len(max_dets) - 1  # AP uses the largest maxDets (1500)
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+    a_all = labels.index("all")
+    results: "OrderedDict[str, float]" = OrderedDict()
+    results["AP"] = _mean_valid(precision[:, :, :, a_all, last])
+    results["AP50"] = _mean_valid(precision[t50, :, :, a_all, last])
+    results["AP75"] = _mean_valid(precision[t75, :, :, a_all, last])
+    for a, label in enumerate(labels):
+        if label != "all":
+            results[f"AP_{label}"] = _mean_valid(precision[:, :, :, a, last])
+    for m, max_det in enumerate(max_dets):
+        results[f"AR@{max_det}"] = _mean_valid(recall[:, :, a_all, m])
+    for a, label in enumerate(labels):
+        if label != "all":
+            results[f"AR_{label}@{max_dets[last]}"] = _mean_valid(recall[:, :, a, last])
+    for k, name in enumerate(class_names):
+        results[f"AP-{name}"] = _mean_valid(precision[:, :, k, a_all, last])
+    return results
+
+
+def dump_eval_arrays(coco_eval: Mapping[str, Any], metrics: Mapping[str, float], class_names: Sequence[str],
+                     output_dir: str, prefix: str = "aitod_eval") -> List[str]:
+    """Write ``<prefix>.npz`` (precision, recall, scores arrays) and ``<prefix>.json`` (metrics, params, class
+    names and the precision array as nested lists) for plots. Returns the paths written."""
+    os.makedirs(output_dir, exist_ok=True)
+    npz_path = os.path.join(output_dir, f"{prefix}.npz")
+    np.savez_compressed(npz_path, precision=coco_eval["precision"], recall=coco_eval["recall"],
+                        scores=coco_eval["scores"], class_names=np.asarray(list(class_names)),
+                        area_labels=np.asarray(coco_eval["params"]["areaRngLbl"]),
+                        max_dets=np.asarray(coco_eval["params"]["maxDets"]),
+                        iou_thrs=np.asarray(coco_eval["params"]["iouThrs"]),
+                        rec_thrs=np.asarray(coco_eval["params"]["recThrs"]))
+    json_path = os.path.join(output_dir, f"{prefix}.json")
+    with open(json_path, "w") as f:
+        json.dump({
+            "metrics": {k: (None if np.isnan(v) else v) for k, v in metrics.items()},
+            "class_names": list(class_names),
+            "params": coco_eval["params"],
+            "precision_shape": "[iou T, recall R, class K, area A, maxDets M]; -1 = no ground truth",
+            "precision": coco_eval["precision"].tolist(),
+        }, f)
+    return [npz_path, json_path]
+
+
+def evaluate_detections(
+    gt_dicts: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    *,
+    engine: str = "faster_coco_eval",
+    max_dets: Sequence[int] = AITOD_MAX_DETS,
+    max_dets_per_image: int = 3000,
+    ignore_ioa_thresh: float = 0.5,
+    output_dir: Optional[str] = None,
+    return_arrays: bool = False,
+) -> Any:
+    """Score detections with the AI-TOD protocol, without a model or a DatasetCatalog entry.
+
+    Args:
+        gt_dicts: detectron2 dataset dicts (``image_id``, ``height``, ``width``, ``annotations`` with ``bbox``,
+            ``bbox_mode``, ``category_id`` 0-based, optional ``iscrowd``/``difficult``/``ignore``/``area``; optional
+            ``ignore_regions`` [[x1, y1, x2, y2], ...]). Every image in it is scored.
+        predictions: one entry per image: ``{"image_id", "instances": Instances}`` (``pred_boxes`` XYXY in original
+            pixels, ``scores``, ``pred_classes``) or ``{"image_id", "boxes" [N, 4] XYXY, "scores" [N], "classes" [N]}``.
+        class_names: names in contiguous-id order (``AP-<name>`` keys).
+        engine: "faster_coco_eval" or "pycocotools".
+        max_dets: maxDets of the protocol; AP uses the largest.
+        max_dets_per_image: keep this many top-scoring detections per image before scoring (<= 0: all).
+        ignore_ioa_thresh: drop detections / GT whose area lies in ignore regions for at least this fraction.
+        output_dir: when set, write the raw arrays there (:func:`dump_eval_arrays`).
+        return_arrays: also return the engine's arrays (``(metrics, coco_eval)``).
+
+    Returns:
+        ordered dict of metrics in % (AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, AR@..., AR_<area>@..., AP-<class>).
+    """
+    start = time.perf_counter()
+    gt, dt, counts = build_coco_inputs(gt_dicts, predictions, len(class_names),
+                                       max_dets_per_image=max_dets_per_image, ignore_ioa_thresh=ignore_ioa_thresh)
+    if counts["dt_capped"]:
+        logger.info(f"AI-TOD eval: dropped {counts['dt_capped']} detections beyond {max_dets_per_image} per image")
+    if counts["dt_ignored_by_region"] or counts["gt_ignored_by_region"]:
+        logger.info(
+            f"AI-TOD eval: removed {counts['dt_ignored_by_region']} detections and {counts['gt_ignored_by_region']} "
+            f"ground-truth boxes lying in ignore regions (covered >= {ignore_ioa_thresh})"
+        )
+    if engine not in ENGINES:
+        raise ValueError(f"unknown evaluation engine {engine!r}; expected one of {ENGINES}")
+    if not gt["images"]:
+        logger.warning("AI-TOD eval: no images in the ground truth; every metric is NaN")
+        coco_eval = _empty_eval(len(class_names), max_dets)
+    else:
+        coco_eval = run_coco_engine(gt, dt, engine=engine, max_dets=max_dets)
+    metrics = summarize_aitod(coco_eval, class_names)
+    logger.info(
+        f"AI-TOD eval ({engine}): {len(gt['images'])} images, {len(gt['annotations'])} GT, "
+        f"{len(dt['annotations'])} detections, {time.perf_counter() - start:.2f} s"
+    )
+    if output_dir:
+        dump_eval_arrays(coco_eval, metrics, class_names, output_dir)
+    if return_arrays:
+        return metrics, coco_eval
+    return metrics
+
+
+def format_aitod_table(metrics: Mapping[str, float]) -> str:
+    """Two small tables: the summary metrics and the per-class AP."""
+    summary = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
+    per_class = {k[3:]: v for k, v in metrics.items() if k.startswith("AP-")}
+    text = "AI-TOD evaluation results (%):\n" + create_small_table(summary)
+    if per_class:
+        text += "\nPer-class AP (%):\n" + create_small_table(per_class)
+    return text
+
+
+class AITODEvaluator(DatasetEvaluator):
+    """detectron2 ``DatasetEvaluator`` for the AI-TOD protocol (see the module docstring).
+
+    Works for every registered dataset whose dicts follow the ``sarl.data`` contract. Under DDP the per-image
+    predictions are gathered on the main process (``comm.gather``), which scores them; other ranks return ``{}``.
+    Results: ``{"bbox": {"AP": ..., "AP50": ..., ..., "AP-<class>": ...}}`` in %.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        engine: str = "faster_coco_eval",
+        max_dets: Sequence[int] = AITOD_MAX_DETS,
+        max_dets_per_image: int = 3000,
+        ignore_ioa_thresh: float = 0.5,
+        dump_arrays: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: a name in DatasetCatalog; its dicts give the ground truth, its metadata ``thing_classes``.
+            distributed: gather predictions from all ranks.
+            output_dir: where to write ``aitod_eval.{npz,json}`` (raw precision array) when ``dump_arrays``.
+            engine, max_dets, max_dets_per_image, ignore_ioa_thresh: see :func:`evaluate_detections`.
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"unknown evaluation engine {engine!r}; expected one of {ENGINES}")
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._engine = engine
+        self._max_dets = tuple(max_dets)
+        self._max_dets_per_image = max_dets_per_image
+        self._ignore_ioa_thresh = ignore_ioa_thresh
+        self._dump_arrays = dump_arrays
+        self._metadata = MetadataCatalog.get(dataset_name)
+        self._predictions: List[Dict[str, Any]] = []
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None) -> "AITODEvaluator":
+        """Evaluator with ``cfg.TEST.AITOD.{ENGINE, MAX_DETS}`` and ``cfg.TEST.DETECTIONS_PER_IMAGE``."""
+        return cls(dataset_name, output_dir=output_dir, engine=cfg.TEST.AITOD.ENGINE,
+                   max_dets=cfg.TEST.AITOD.MAX_DETS, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+    def reset(self) -> None:
+        self._predictions = []
+
+    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
+        for model_input, output in zip(inputs, outputs):
+            if "instances" not in output:
+                continue
+            prediction = instances_to_prediction(model_input["image_id"], output["instances"].to("cpu"))
+            # Cap now: keeps the gather under DDP small.
+            self._predictions.append(cap_per_image(prediction, self._max_dets_per_image))
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.gather(self._predictions, dst=0)
+            predictions = list(itertools.chain(*gathered))
+            if not comm.is_main_process():
+                return {}
+        else:
+            predictions = self._predictions
+        if not predictions:
+            logger.warning(f"[AITODEvaluator] no predictions received for {self._dataset_name}")
+            return {}
+        gt_dicts = DatasetCatalog.get(self._dataset_name)
+        class_names = list(self._metadata.get("thing_classes"))
+        metrics = evaluate_detections(
+            gt_dicts, predictions, class_names,
+            engine=self._engine, max_dets=self._max_dets, max_dets_per_image=self._max_dets_per_image,
+            ignore_ioa_thresh=self._ignore_ioa_thresh,
+            output_dir=self._output_dir if (self._output_dir and self._dump_arrays) else None,
+        )
+        logger.info(f"[AITODEvaluator] {self._dataset_name}\n" + format_aitod_table(metrics))
+        return {"bbox": dict(metrics)}

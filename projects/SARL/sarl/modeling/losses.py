@@ -1,0 +1,71 @@
+"""Box regression loss shared by the YOLO heads: the Scale-Adaptive Loss (SAL) or its plain base.
+
+Both heads call :func:`sal_box_loss` on their foreground pairs; the loss itself is the fused op
+``sarl.ops.scale_adaptive_iou_loss`` (pure-PyTorch fallback when ``sarl._C`` is not built).
+
+``MODEL.SAL`` keys: ``ENABLED`` (False: weights 1, i.e. the plain IoU loss of ``LOSS_TYPE``),
+``BETA``, ``LOSS_TYPE`` ("iou2" = 1 - IoU^2, the paper's and YOLOX's), ``NORMALIZE``
+("batch": min-max of the target areas over the whole batch, as the paper; "image"; "fixed"
+with ``AREA_RANGE``), ``ALPHA`` (the heads' weight on this term).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from sarl.ops import scale_adaptive_iou_loss
+
+__all__ = ["SALParams", "sal_box_loss"]
+
+
+@dataclass(frozen=True)
+class SALParams:
+    """The ``MODEL.SAL`` settings as plain values (for code without a detectron2 config)."""
+
+    enabled: bool = True
+    beta: float = 2.0 / 0.6931471805599453
+    loss_type: str = "iou2"
+    normalize: str = "batch"
+    area_range: Optional[Tuple[float, float]] = None
+    alpha: float = 5.0
+    eps: float = 1e-7
+
+    @classmethod
+    def from_config(cls, cfg, loss_type: Optional[str] = None) -> "SALParams":
+        """Read ``cfg.MODEL.SAL``; ``loss_type`` overrides ``MODEL.SAL.LOSS_TYPE`` (the YOLOv5
+        head passes its own base loss when SAL is off)."""
+        sal = cfg.MODEL.SAL
+        area_range = tuple(float(v) for v in sal.AREA_RANGE) if sal.NORMALIZE == "fixed" else None
+        return cls(enabled=bool(sal.ENABLED), beta=float(sal.BETA),
+                   loss_type=loss_type or str(sal.LOSS_TYPE), normalize=str(sal.NORMALIZE),
+                   area_range=area_range, alpha=float(sal.ALPHA))
+
+
+def sal_box_loss(cfg_or_params: Union["SALParams", object], pred_xyxy: Tensor, target_xyxy: Tensor,
+                 batch_index: Optional[Tensor] = None, *, weight: Optional[Tensor] = None,
+                 reduction: str = "sum") -> Tensor:
+    """SAL (or the plain IoU-type loss when disabled) of matched box pairs, **not** times alpha.
+
+    Args:
+        cfg_or_params: a detectron2 config with ``MODEL.SAL`` or a :class:`SALParams`.
+        pred_xyxy: [M, 4] predicted boxes of the foreground samples of the whole batch.
+        target_xyxy: [M, 4] their ground-truth boxes (same pixel units).
+        batch_index: [M] int64 image of each pair (needed for ``NORMALIZE "image"``).
+        weight: optional [M] per-pair multiplier.
+        reduction: "sum" (default; the heads divide by their normaliser), "mean" or "none".
+
+    Returns:
+        a scalar (or [M] for ``reduction="none"``); 0 with a zero gradient when ``M == 0``.
+    """
+    params = cfg_or_params if isinstance(cfg_or_params, SALParams) else SALParams.from_config(cfg_or_params)
+    normalize = params.normalize if params.enabled else "none"
+    if batch_index is not None:
+        batch_index = batch_index.long()
+    return scale_adaptive_iou_loss(
+        pred_xyxy, target_xyxy, beta=params.beta, loss_type=params.loss_type, box_format="xyxy",
+        normalize=normalize, batch_index=batch_index if normalize == "image" else None,
+        area_range=params.area_range if normalize == "fixed" else None, weight=weight,
+        reduction=reduction, eps=params.eps)

@@ -1,0 +1,203 @@
+"""End-to-end tests of ``tools/train_net.py`` and ``YOLOTrainer`` on a tiny synthetic set (CPU):
+
+- user errors (wrong config key, unknown dataset) give one line naming them, exit status 2;
+- ``--num-gpus 2`` on CPU (Gloo, detectron2's ``launch``): both ranks end with identical weights;
+- a run killed with SIGKILL resumes (``--resume``) with the saved iteration, model, optimizer, EMA, scheduler,
+  no-aug state and data position, then finishes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_NET = REPO / "tools" / "train_net.py"
+CONFIG = str(REPO / "configs" / "demo" / "sarl_yolox_synthetic.yaml")
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("sarl_train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_opts(output_dir: str, iters_per_epoch: int = 2, epochs: int = 3, no_aug_epochs: int = 1,
+               checkpoint_period: int = 1000) -> list:
+    """A nano model on 96 px inputs, batch 2: a step takes a fraction of a second on one core."""
+    return [
+        "OUTPUT_DIR", output_dir, "MODEL.DEVICE", "cpu", "SEED", "7",
+        "MODEL.CSPDARKNET.WIDTH_MULTIPLIER", "0.125", "MODEL.SARL.FUSED", "False",
+        "INPUT.YOLO.IMG_SIZE", "96", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.YOLO.ITERS_PER_EPOCH", str(iters_per_epoch), "SOLVER.YOLO.EPOCHS", str(epochs),
+        "SOLVER.YOLO.WARMUP_EPOCHS", "1", "SOLVER.YOLO.NO_AUG_EPOCHS", str(no_aug_epochs),
+        "SOLVER.EMA.RAMP", "5.0", "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period),
+        "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    """``synthetic_tiny_{train,val}`` re-pointed to a small generated copy (also for child processes)."""
+    from sarl.data import generate_synthetic_dataset, register_all_aerial
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_synthetic_dataset(str(root / "synthetic_tiny"), num_train=8, num_val=2, image_size=96,
+                               min_objects=2, max_objects=6)
+    old_env = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    register_all_aerial(str(root))
+    yield root
+    if old_env is None:
+        os.environ.pop("DETECTRON2_DATASETS", None)
+    else:
+        os.environ["DETECTRON2_DATASETS"] = old_env
+    register_all_aerial()
+
+
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------ user errors
+def test_wrong_config_key_is_one_line(capsys):
+    train_net = _load_train_net()
+    status = train_net.run(["--config-file", CONFIG, "SOLVER.YOLO.EPOCH", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and "SOLVER.YOLO.EPOCH" in err[0], err
+
+
+def test_missing_dataset_is_one_line(capsys):
+    train_net = _load_train_net()
+    status = train_net.run(["--config-file", CONFIG, "DATASETS.TRAIN", "('no_such_set',)"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and "no_such_set" in err[0] and "DATASETS.TRAIN" in err[0], err
+
+
+def test_missing_config_file_is_one_line(capsys, tmp_path):
+    train_net = _load_train_net()
+    assert train_net.run(["--config-file", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ DDP on CPU (Gloo)
+def _ddp_worker(opts, result_dir):
+    """Runs in each of the 2 processes started by detectron2's ``launch``, as ``--num-gpus 2`` does."""
+    from detectron2.utils import comm
+
+    from sarl.engine import YOLOTrainer, unwrap_model
+
+    train_net = _load_train_net()
+    args = train_net.default_argument_parser().parse_args(["--config-file", CONFIG, "--num-gpus", "2"] + opts)
+    cfg = train_net.setup(args)
+    trainer = YOLOTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = unwrap_model(trainer.model)
+    torch.save({
+        "world_size": comm.get_world_size(),
+        "backend": torch.distributed.get_backend(),
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+        "ema_params": {k: v.detach().clone() for k, v in trainer.ema.module.named_parameters()},
+        "iteration": trainer.iter,
+    }, os.path.join(result_dir, f"rank{comm.get_rank()}.pth"))
+
+
+def test_two_process_gloo_ranks_stay_identical(tiny_datasets, tmp_path, one_thread):
+    from detectron2.engine import launch
+
+    opts = _tiny_opts(str(tmp_path / "out"), iters_per_epoch=2, epochs=2, no_aug_epochs=1)
+    start = {}
+    launch(_ddp_worker, 2, dist_url="auto", args=(opts, str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pth") for r in range(2)]
+    assert all(r["world_size"] == 2 and r["backend"] == "gloo" and r["iteration"] == 4 for r in ranks)
+    for name, value in ranks[0]["params"].items():
+        torch.testing.assert_close(value, ranks[1]["params"][name], rtol=0, atol=0, msg=name)
+    for name, value in ranks[0]["ema_params"].items():
+        torch.testing.assert_close(value, ranks[1]["ema_params"][name], rtol=0, atol=0, msg=name)
+    # Training moved the weights (identical because synchronized, not because nothing happened).
+    from sarl.engine import YOLOTrainer
+
+    train_net = _load_train_net()
+    fresh = YOLOTrainer.build_model(train_net.load_config(CONFIG, opts))
+    start = dict(fresh.named_parameters())
+    assert any(not torch.equal(start[k], v) for k, v in ranks[0]["params"].items())
+
+
+# ------------------------------------------------------------------ SIGKILL + --resume
+def _last_checkpoint_iter(output_dir: Path) -> int:
+    marker = output_dir / "last_checkpoint"
+    if not marker.is_file():
+        return -1
+    name = marker.read_text().strip()
+    if not name.startswith("model_0") or not (output_dir / name).is_file():
+        return -1
+    return int(name[len("model_"):-len(".pth")])
+
+
+def test_resume_after_sigkill_restores_every_state(tiny_datasets, tmp_path, one_thread):
+    from sarl.engine import YOLOTrainer, unwrap_model
+
+    out = tmp_path / "run"
+    # 20 iterations, checkpoints after iterations 2, 5, 8, ...; the no-aug phase starts at iteration 8.
+    opts = _tiny_opts(str(out), iters_per_epoch=2, epochs=10, no_aug_epochs=6, checkpoint_period=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON2_DATASETS=str(tiny_datasets))
+    proc = subprocess.Popen([sys.executable, str(TRAIN_NET), "--config-file", CONFIG] + opts, cwd=str(REPO), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while _last_checkpoint_iter(out) < 8 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]!r}"
+        time.sleep(0.3)  # let torch.save finish the file the marker names
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved_iter = _last_checkpoint_iter(out)
+    assert 8 <= saved_iter < 19
+    checkpoint = torch.load(out / f"model_{saved_iter:07d}.pth", weights_only=False)
+
+    train_net = _load_train_net()
+    cfg = train_net.load_config(CONFIG, opts)
+    trainer = YOLOTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == saved_iter + 1 == checkpoint["iteration"] + 1
+    model = unwrap_model(trainer.model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, checkpoint["model"][k]), k
+    for k, v in trainer.ema.module.state_dict().items():
+        assert torch.equal(v, checkpoint["ema"]["state"][k]), k
+    assert trainer.ema.updates == checkpoint["ema"]["updates"] == saved_iter + 1
+    opt_state = trainer.optimizer.state_dict()
+    for pid, s in checkpoint["optimizer"]["state"].items():
+        assert torch.equal(opt_state["state"][pid]["momentum_buffer"], s["momentum_buffer"])
+    assert trainer.scheduler.last_epoch == checkpoint["hooks"]["LRScheduler"]["last_epoch"] == saved_iter + 1
+    assert checkpoint["hooks"]["NoAugHook"] == {"active": True}
+    assert trainer.data_seed == checkpoint["data"]["seed"] == 7
+    sampler = trainer._trainer.data_loader.train_sampler
+    assert sampler.start_index == (saved_iter + 1) * 2 and sampler.seed == 7
+
+    trainer.train()  # finishes: the no-aug switch is re-applied before the first resumed step
+    assert trainer.iter == 20
+    assert model.head.use_l1
+    assert not trainer._trainer.data_loader.yolo_mapper.augmentation_enabled
+    final = torch.load(out / "model_final.pth", weights_only=False)
+    assert final["iteration"] == 19 and final["ema"]["updates"] == 20
+    assert final["hooks"]["NoAugHook"] == {"active": True}
