@@ -33,4 +33,7 @@ cp "$WHL" "$TMP/sal_detectron2-0.7.2-py3-none-any.whl"
 # Its compiled _C is for another Python: remove it so nothing tries to load a broken binary.
 SITE=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
 rm -f "$SITE"/detectron2/_C*.so
+# The wheel also installs detectron2's own tools/ as a top-level package `tools`, which
+# would shadow this repository's tools/ scripts: remove it.
+rm -rf "$SITE"/tools
 "$PY" -c "import detectron2; print('[detectron2] installed', detectron2.__version__)"

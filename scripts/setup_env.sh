@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP="$VENV/bin/pip"
 STAMP="$VENV/.requirements.sha"
-REQ_SHA=$(sha256sum requirements.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+REQ_SHA=$(sha256sum requirements.txt scripts/setup_env.sh scripts/install_detectron2.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_SHA" ]; then
   echo "[setup] installing pinned requirements (first run: several minutes)"
   "$PIP" install -q --disable-pip-version-check -r requirements.txt

@@ -1,6 +1,8 @@
 """CSPDarknet (YOLOX / YOLOv5 flavours), YOLOPAFPN and the registered chain builder."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -272,3 +274,32 @@ def test_neck_reading_an_unknown_level_is_named():
     cfg.MODEL.YOLOPAFPN.IN_FEATURES = ["res3", "dark4", "dark5"]
     with pytest.raises(ValueError, match="MODEL.YOLOPAFPN.IN_FEATURES"):
         build_backbone(cfg)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.skipif(not CONFIGS, reason="no config files under configs/")
+def test_every_config_builds_the_chain():
+    """The chain builds from each config file of configs/ (baselines with SARL off, sarl_* with it
+    on), on the meta device: shapes and parameter counts without initialising large models."""
+    seen, sarl_states = set(), set()
+    for path in CONFIGS:
+        cfg = add_sarl_config(get_cfg())
+        cfg.set_new_allowed(True)  # keys another component may add later do not break this check
+        cfg.merge_from_file(str(path))
+        if cfg.MODEL.BACKBONE.NAME != "build_sarl_cspdarknet_pafpn_backbone":
+            continue
+        key = cfg.MODEL.CSPDARKNET.dump() + cfg.MODEL.SARL.dump() + cfg.MODEL.YOLOPAFPN.dump()
+        if key in seen:  # many configs share a chain; build each distinct one once
+            continue
+        seen.add(key)
+        with torch.device("meta"):
+            model = build_backbone(cfg)
+        assert isinstance(model, YOLOPAFPN), path
+        assert list(model.output_shape()) == list(cfg.MODEL.YOLO.IN_FEATURES), path
+        relay = model.bottom_up
+        assert relay.enabled == cfg.MODEL.SARL.ENABLED, path
+        assert (num_params(relay) > num_params(relay.bottom_up)) == cfg.MODEL.SARL.ENABLED, path
+        sarl_states.add(cfg.MODEL.SARL.ENABLED)
+    assert sarl_states == {True, False}  # both the baselines and the SARL models were built

@@ -283,3 +283,13 @@ def test_empty_ground_truth_and_predictions_are_valid():
     metrics = evaluate_detections([], [], CLASSES)
     assert all(math.isnan(v) for v in metrics.values())
     assert "AP-ship" in metrics
+
+
+def test_category_parallel_evaluation_equals_single_process():
+    gt_dicts, predictions = _make_case(9)
+    single, single_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True)
+    parallel, parallel_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True, workers=2)
+    _assert_metrics_equal(single, parallel, tol=0.0)
+    for key in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(single_arrays[key], parallel_arrays[key])
+    assert parallel_arrays["params"] == single_arrays["params"]

@@ -253,6 +253,13 @@ def test_loaders_and_no_aug_switch_reach_worker_processes(tmp_path):
         assert all(sample["letterbox"] != (1.0, 0.0, 0.0) for sample in later), "the worker did not see the switch"
         del iterator
 
+        # The trainer's form: its own dataset list and sampler.
+        from detectron2.data.samplers import TrainingSampler
+
+        custom = build_yolo_train_loader(cfg, dataset=[dict(d) for d in dicts[:2]],
+                                         sampler=TrainingSampler(2, seed=1))
+        assert len(custom.yolo_mapper.dataset_dicts) == 2
+
         test_loader = build_yolo_test_loader(cfg, name)
         outputs = [batch[0] for batch in test_loader]
         assert [o["image_id"] for o in outputs] == [d["image_id"] for d in dicts]
@@ -310,3 +317,16 @@ def test_kit_ais_real_images_through_mosaic(kit_ais_dir, tmp_path):
     original = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                          for a in dicts[0]["annotations"]])
     np.testing.assert_allclose(back, T.clip_boxes(original, dicts[0]["width"], dicts[0]["height"]), atol=1e-2)
+
+
+def test_ignore_regions_are_greyed_for_training_only(tmp_path):
+    dicts = _write_scenes(tmp_path, count=1, size=(320, 320))
+    # The second region lies outside the image (negative ends): it must paint nothing.
+    record = dict(dicts[0], ignore_regions=[[0.0, 0.0, 160.0, 100.0], [-50.0, -40.0, -10.0, -5.0]])
+    train = YOLOMapper(_cfg(**NO_STRONG_AUG), True, [record])(dict(record))
+    assert (_bgr(train)[:100, :160] == T.PAD_VALUE).all()
+    assert not (_bgr(train)[100:, 160:] == T.PAD_VALUE).all()
+    test = YOLOMapper(_cfg(), False)(dict(record))
+    assert not (_bgr(test)[:100, :160] == T.PAD_VALUE).all()
+    unmasked = YOLOMapper(_cfg(MASK_IGNORE_REGIONS=False, **NO_STRONG_AUG), True, [record])(dict(record))
+    assert torch.equal(unmasked["image"], test["image"])

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from hypothesis import given, settings
 from hypothesis import strategies as st

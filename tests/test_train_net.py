@@ -185,12 +185,14 @@ def test_resume_after_sigkill_restores_every_state(tiny_datasets, tmp_path, one_
     for k, v in trainer.ema.module.state_dict().items():
         assert torch.equal(v, checkpoint["ema"]["state"][k]), k
     assert trainer.ema.updates == checkpoint["ema"]["updates"] == saved_iter + 1
+    saved_trainer = checkpoint["trainer"]
     opt_state = trainer.optimizer.state_dict()
-    for pid, s in checkpoint["optimizer"]["state"].items():
+    assert opt_state["state"], "the optimizer state (momentum buffers) was not restored"
+    for pid, s in saved_trainer["_trainer"]["optimizer"]["state"].items():
         assert torch.equal(opt_state["state"][pid]["momentum_buffer"], s["momentum_buffer"])
-    assert trainer.scheduler.last_epoch == checkpoint["hooks"]["LRScheduler"]["last_epoch"] == saved_iter + 1
-    assert checkpoint["hooks"]["NoAugHook"] == {"active": True}
-    assert trainer.data_seed == checkpoint["data"]["seed"] == 7
+    assert trainer.scheduler.last_epoch == saved_trainer["hooks"]["LRScheduler"]["last_epoch"] == saved_iter + 1
+    assert saved_trainer["hooks"]["NoAugHook"] == {"active": True}
+    assert trainer.data_seed == saved_trainer["data"]["seed"] == 7
     sampler = trainer._trainer.data_loader.train_sampler
     assert sampler.start_index == (saved_iter + 1) * 2 and sampler.seed == 7
 
@@ -200,4 +202,4 @@ def test_resume_after_sigkill_restores_every_state(tiny_datasets, tmp_path, one_
     assert not trainer._trainer.data_loader.yolo_mapper.augmentation_enabled
     final = torch.load(out / "model_final.pth", weights_only=False)
     assert final["iteration"] == 19 and final["ema"]["updates"] == 20
-    assert final["hooks"]["NoAugHook"] == {"active": True}
+    assert final["trainer"]["hooks"]["NoAugHook"] == {"active": True}

@@ -203,6 +203,11 @@ def test_sal_box_loss_composition_matches_a_hand_computation():
     expected = sum(chunk.mean() for chunk in per_match.split(level_sizes) if len(chunk))
     losses = head.losses(outputs, gts)
     torch.testing.assert_close(losses["loss_box"], expected * head.box_gain * 2, rtol=1e-5, atol=1e-6)
+    # Same gradients w.r.t. the raw outputs (the SAL weights are constants).
+    got = torch.autograd.grad(losses["loss_box"], outputs, retain_graph=True)
+    want = torch.autograd.grad(expected * head.box_gain * 2, outputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
 
 
 def test_objectness_target_is_the_detached_iou_and_balanced():
@@ -220,7 +225,8 @@ def test_objectness_target_is_the_detached_iou_and_balanced():
             for k in range(len(m)):
                 cell = (m.batch_index[k], m.anchor_index[k], m.grid_y[k], m.grid_x[k])
                 target[cell] = torch.maximum(target[cell], iou[k].detach())
-        expected = expected + head.balance[level] * torch.nn.functional.binary_cross_entropy_with_logits(o[..., 4], target)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(o[..., 4], target)
+        expected = expected + head.balance[level] * bce
     torch.testing.assert_close(head.losses(outputs, gts)["loss_obj"], expected * head.obj_gain)
 
 
@@ -252,10 +258,25 @@ def test_sal_changes_the_box_loss_only():
     torch.testing.assert_close(a["loss_obj"], b["loss_obj"])
 
 
+def _matched_mean_iou(model, images, gts) -> float:
+    outputs = model(images)
+    matches, _ = model.head.match(outputs, gts)
+    ious = []
+    for output, m in zip(outputs, matches):
+        p = output[m.batch_index, m.anchor_index, m.grid_y, m.grid_x]
+        pred = torch.cat([p[:, :2].sigmoid() * 2 - 0.5, (p[:, 2:4].sigmoid() * 2) ** 2 * m.anchors], 1)
+        ious.append(paired_iou(pred, m.target_boxes))
+    return torch.cat(ious).mean().item()
+
+
 def test_loss_decreases_when_overfitting_a_fixed_batch():
+    """30 Adam steps with SARL and SAL on a fixed batch of 2 images: every term goes down clearly
+    and the matched boxes fit their GTs better. (1 - IoU^2 moves slower than CIoU at low IoU: its
+    gradient scales with IoU; here about 0.26 -> 0.37 mean IoU, CIoU reaches about 0.6.)"""
     model = TinyDetector(_cfg(sal=True, sarl=True))
     images, gts = _fixed_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    iou_before = _matched_mean_iou(model, images, gts)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
     for _ in range(30):
         losses = model.head.losses(model(images), gts)
@@ -266,8 +287,10 @@ def test_loss_decreases_when_overfitting_a_fixed_batch():
         history.append({k: v.item() for k, v in losses.items()} | {"total": total.item()})
     first, last = history[0], history[-1]
     assert all(math.isfinite(h["total"]) for h in history)
-    assert last["total"] < 0.5 * first["total"], history
-    assert last["loss_box"] < first["loss_box"] and last["loss_cls"] < first["loss_cls"]
+    assert last["total"] < 0.7 * first["total"], history
+    assert last["loss_box"] < 0.85 * first["loss_box"], history
+    assert last["loss_cls"] < 0.25 * first["loss_cls"], history
+    assert _matched_mean_iou(model, images, gts) > iou_before + 0.05
 
 
 # ---------------------------------------------------------------- dense scenes, empties, finiteness
@@ -312,6 +335,24 @@ def test_bad_ground_truth_is_reported():
         _head_only(anchors=[[[10, 13]], [[30, 61]]])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_losses_and_decode_on_cuda_match_the_cpu():
+    rng = torch.Generator().manual_seed(2)
+    head = _head_only()
+    features = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4), torch.randn(2, 32, 2, 2)]
+    gts = [_random_gts(300, rng), _random_gts(0, rng)]
+    cpu_losses = head.losses(head(features), gts)
+    cpu_boxes, cpu_scores = head.decode(head(features))
+    head_cuda = head.cuda()
+    outputs = head_cuda([f.cuda() for f in features])
+    cuda_losses = head_cuda.losses(outputs, [g.to("cuda") for g in gts])
+    for name, value in cpu_losses.items():
+        torch.testing.assert_close(cuda_losses[name].cpu(), value, rtol=1e-4, atol=1e-6)
+    boxes, scores = head_cuda.decode(outputs)
+    torch.testing.assert_close(boxes.cpu(), cpu_boxes, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scores.cpu(), cpu_scores, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- checkpoints
 def test_fitted_anchors_survive_a_state_dict_round_trip():
     cfg = _cfg()
@@ -327,3 +368,34 @@ def test_fitted_anchors_survive_a_state_dict_round_trip():
     restored.load_state_dict(torch.load(buffer))
     torch.testing.assert_close(restored.head.anchors, fitted)
     assert "head.anchors" in model.state_dict()
+
+
+# ---------------------------------------------------------------- inside the detector
+def test_yolo_detector_with_the_sarl_yolov5_config_trains_and_predicts():
+    """The shipped config (SARL + SAL, 8 classes) at a tiny width: a training step through
+    YOLODetector, then inference sized to the requested output resolution."""
+    from pathlib import Path
+
+    from detectron2.modeling import build_model
+
+    cfg = add_sarl_config(get_cfg())
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "sarl_yolov5_aitod.yaml"))
+    cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.125
+    cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER = 0.33
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model.head, YOLOv5Head) and model.head.sal_enabled and model.head.box_loss_type == "iou2"
+    gts = _instances([[10, 10, 20, 18], [50, 40, 58, 47]], [1, 7], size=(96, 128))
+    batch = [{"image": torch.randint(0, 255, (3, 96, 128)).float(), "instances": gts},
+             {"image": torch.randint(0, 255, (3, 90, 100)).float(), "instances": gts[:0]}]
+    model.train()
+    losses = model(batch)
+    assert set(losses) == {"loss_box", "loss_obj", "loss_cls"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        results = model([{"image": b["image"], "height": 192, "width": 256} for b in batch])
+    for result in results:
+        inst = result["instances"]
+        assert inst.image_size == (192, 256) and 0 < len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
+        assert torch.isfinite(inst.pred_boxes.tensor).all() and inst.pred_classes.max() < 8

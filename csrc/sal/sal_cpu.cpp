@@ -8,9 +8,18 @@
 #include <limits>
 #include <vector>
 
+#include <type_traits>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+// The per-box math below must vectorise: GCC only turns its selects (clamp, min/max and their
+// derivative selectors) into branch-free vector code when comparisons may not trap. Placed
+// after the ATen headers, so it only applies to the SAL code (which never relies on FP traps).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 
 #include "sal/sal_common.h"
 #include "sal/sal_math.h"
@@ -20,6 +29,8 @@ namespace sal {
 namespace {
 
 constexpr int64_t kChunk = 4096;  // boxes per chunk: big enough to amortise, small enough to balance
+constexpr int kBlock = 64;        // boxes per struct-of-arrays block (fits in L1 with room to spare)
+static_assert(kChunk % kBlock == 0, "chunks are whole blocks");
 
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
@@ -87,6 +98,122 @@ inline T box_weight(const T* tgt_box, int64_t i, BoxFormat fmt, Normalize norm, 
 void raise_first_non_finite(const std::vector<int64_t>& bad) {
   for (int64_t b : bad) {
     TORCH_CHECK_VALUE(b < 0, "target must be finite: row ", b, " has a NaN or infinite coordinate");
+  }
+}
+
+// What one chunk of the loss pass needs (pointers to contiguous data).
+template <typename T>
+struct LossArgs {
+  const T* pred;
+  const T* target;
+  const T* weight;     // [N] or nullptr
+  const int64_t* bidx;  // [N] or nullptr
+  Normalize norm;
+  const Ranges<T>* ranges;
+  T beta, eps, grad_scale;
+  T* grad;      // [N, 4] or nullptr
+  T* loss_out;  // [N] for reduction="none", else nullptr
+};
+
+// Weights W[j] of the boxes b0 .. b0+m whose target numbers are in Q (struct of arrays), times
+// the user's per-box weight; F[j] is 0, or NaN when the box has a non-finite coordinate.
+template <BoxFormat kFmt, typename T>
+inline void block_weights(const T (&Q)[4][kBlock], int m, int64_t b0, Normalize norm, const Ranges<T>& r,
+                          const int64_t* bidx, const T* weight, T beta, T (&W)[kBlock], T (&F)[kBlock]) {
+  for (int j = 0; j < m; ++j) F[j] = Q[0][j] * T(0) + Q[1][j] * T(0) + Q[2][j] * T(0) + Q[3][j] * T(0);
+  switch (norm) {
+    case Normalize::kNone:
+      for (int j = 0; j < m; ++j) W[j] = T(1);
+      break;
+    case Normalize::kImage:
+      for (int j = 0; j < m; ++j) {
+        const Box<T> c = corners<kFmt>(Box<T>{Q[0][j], Q[1][j], Q[2][j], Q[3][j]});
+        const int64_t g = bidx[b0 + j];
+        W[j] = scale_weight(clamp_min0(c.x2 - c.x1) * clamp_min0(c.y2 - c.y1), r.lo[g], r.hi[g], beta);
+      }
+      break;
+    default: {  // "batch" and "fixed": one range
+      const T lo = r.lo[0], hi = r.hi[0];
+      for (int j = 0; j < m; ++j) {
+        const Box<T> c = corners<kFmt>(Box<T>{Q[0][j], Q[1][j], Q[2][j], Q[3][j]});
+        W[j] = scale_weight(clamp_min0(c.x2 - c.x1) * clamp_min0(c.y2 - c.y1), lo, hi, beta);
+      }
+    }
+  }
+  if (weight != nullptr) {
+    for (int j = 0; j < m; ++j) W[j] *= weight[b0 + j];
+  }
+}
+
+// The loss pass over boxes [begin, end): returns the chunk's loss sum (reduction != "none") and
+// sets *first_bad to the first row with a non-finite target (or leaves it).
+template <LossType kType, BoxFormat kFmt, bool kGrad, typename T>
+double loss_chunk(const LossArgs<T>& a, int64_t begin, int64_t end, int64_t* first_bad) {
+  alignas(64) T P[4][kBlock], Q[4][kBlock], G[4][kBlock], W[kBlock], F[kBlock], L[kBlock];
+  double acc = 0;
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
+    const T* pp = a.pred + 4 * b0;
+    const T* tp = a.target + 4 * b0;
+    for (int j = 0; j < m; ++j) {
+      for (int k = 0; k < 4; ++k) {
+        P[k][j] = pp[4 * j + k];
+        Q[k][j] = tp[4 * j + k];
+      }
+    }
+    block_weights<kFmt>(Q, m, b0, a.norm, *a.ranges, a.bidx, a.weight, a.beta, W, F);
+    for (int j = 0; j < m; ++j) {
+      if (F[j] != F[j] && *first_bad < 0) *first_bad = b0 + j;
+    }
+    // The hot loop: straight-line math on unit-stride arrays, vectorised by the compiler.
+    for (int j = 0; j < m; ++j) {
+      const Box<T> pb{P[0][j], P[1][j], P[2][j], P[3][j]};
+      const Box<T> tb{Q[0][j], Q[1][j], Q[2][j], Q[3][j]};
+      Box<T> gb{T(0), T(0), T(0), T(0)};
+      L[j] = W[j] * box_loss_values<kType, kFmt, kGrad>(pb, tb, a.eps, W[j] * a.grad_scale, gb);
+      G[0][j] = gb.x1;
+      G[1][j] = gb.y1;
+      G[2][j] = gb.x2;
+      G[3][j] = gb.y2;
+    }
+    if constexpr (kGrad) {
+      T* gp = a.grad + 4 * b0;
+      for (int j = 0; j < m; ++j) {
+        for (int k = 0; k < 4; ++k) gp[4 * j + k] = G[k][j];
+      }
+    }
+    if (a.loss_out != nullptr) {
+      for (int j = 0; j < m; ++j) a.loss_out[b0 + j] = L[j];
+    } else {
+      for (int j = 0; j < m; ++j) acc += static_cast<double>(L[j]);
+    }
+  }
+  return acc;
+}
+
+// Calls f(loss_type, box_format, grad) with compile-time constants (one specialised loop each).
+template <typename F>
+void dispatch_loss(LossType type, BoxFormat fmt, bool grad, F&& f) {
+  auto with_grad = [&](auto type_c, auto fmt_c) {
+    if (grad) {
+      f(type_c, fmt_c, std::true_type{});
+    } else {
+      f(type_c, fmt_c, std::false_type{});
+    }
+  };
+  auto with_fmt = [&](auto type_c) {
+    if (fmt == BoxFormat::kXYXY) {
+      with_grad(type_c, std::integral_constant<BoxFormat, BoxFormat::kXYXY>{});
+    } else {
+      with_grad(type_c, std::integral_constant<BoxFormat, BoxFormat::kCXCYWH>{});
+    }
+  };
+  switch (type) {
+    case LossType::kIoU2: with_fmt(std::integral_constant<LossType, LossType::kIoU2>{}); break;
+    case LossType::kIoU: with_fmt(std::integral_constant<LossType, LossType::kIoU>{}); break;
+    case LossType::kGIoU: with_fmt(std::integral_constant<LossType, LossType::kGIoU>{}); break;
+    case LossType::kDIoU: with_fmt(std::integral_constant<LossType, LossType::kDIoU>{}); break;
+    case LossType::kCIoU: with_fmt(std::integral_constant<LossType, LossType::kCIoU>{}); break;
   }
 }
 
@@ -165,30 +292,17 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
     const scalar_t e = static_cast<scalar_t>(eps);
     const scalar_t grad_scale = red == Reduction::kMean && n > 0 ? scalar_t(1) / static_cast<scalar_t>(n) : scalar_t(1);
 
+    const LossArgs<scalar_t> args{p, t, wt, bidx, norm, &r, b, e, grad_scale, g, out};
     const int64_t nc = num_chunks(n);
     std::vector<acc_t> partial(nc, acc_t(0));
     std::vector<int64_t> bad(nc, -1);
-    at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) {
-        acc_t acc = 0;
-        const int64_t end = std::min(n, (c + 1) * kChunk);
-        for (int64_t i = c * kChunk; i < end; ++i) {
-          const scalar_t* tb = t + 4 * i;
-          if (!box_finite(tb)) {
-            if (bad[c] < 0) bad[c] = i;
-            continue;
-          }
-          scalar_t w = box_weight(tb, i, fmt, norm, bidx, r, b);
-          if (wt != nullptr) w *= wt[i];
-          const scalar_t l = box_loss(p + 4 * i, tb, fmt, type, e, w * grad_scale, g ? g + 4 * i : nullptr);
-          if (out != nullptr) {
-            out[i] = w * l;
-          } else {
-            acc += static_cast<acc_t>(w * l);
-          }
+    dispatch_loss(type, fmt, compute_grad, [&](auto type_c, auto fmt_c, auto grad_c) {
+      at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+        for (int64_t c = cb; c < ce; ++c) {
+          partial[c] = loss_chunk<decltype(type_c)::value, decltype(fmt_c)::value, decltype(grad_c)::value>(
+              args, c * kChunk, std::min(n, (c + 1) * kChunk), &bad[c]);
         }
-        partial[c] = acc;
-      }
+      });
     });
     raise_first_non_finite(bad);
     if (out == nullptr) {

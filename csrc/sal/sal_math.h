@@ -56,9 +56,11 @@ SARL_HD_INLINE T clamp_min0(T u) {
   return u >= T(0) ? u : T(0);
 }
 // d clamp(u, min=0) / du with the convention above.
+// The derivative selectors below are written as arithmetic on comparisons, not as branches:
+// on random boxes a branch would be mispredicted half of the time.
 template <typename T>
 SARL_HD_INLINE T clamp_min0_grad(T u) {
-  return u >= T(0) ? T(1) : T(0);
+  return static_cast<T>(u >= T(0));
 }
 template <typename T>
 SARL_HD_INLINE T min2(T a, T b) {
@@ -71,11 +73,11 @@ SARL_HD_INLINE T max2(T a, T b) {
 // d min(a, b) / da and d max(a, b) / da (ties split equally).
 template <typename T>
 SARL_HD_INLINE T min2_grad_a(T a, T b) {
-  return a < b ? T(1) : (a == b ? T(0.5) : T(0));
+  return static_cast<T>(a < b) + T(0.5) * static_cast<T>(a == b);
 }
 template <typename T>
 SARL_HD_INLINE T max2_grad_a(T a, T b) {
-  return a > b ? T(1) : (a == b ? T(0.5) : T(0));
+  return static_cast<T>(a > b) + T(0.5) * static_cast<T>(a == b);
 }
 
 // A box read from memory in either format, as corners.
@@ -84,19 +86,31 @@ struct Box {
   T x1, y1, x2, y2;
 };
 
-template <typename T>
-SARL_HD_INLINE Box<T> load_box(const T* p, BoxFormat fmt) {
-  if (fmt == BoxFormat::kXYXY) return Box<T>{p[0], p[1], p[2], p[3]};
-  // cxcywh -> corners; the same expressions as the reference (x - w / 2 == x - 0.5 * w exactly).
-  const T hw = p[2] * T(0.5), hh = p[3] * T(0.5);
-  return Box<T>{p[0] - hw, p[1] - hh, p[0] + hw, p[1] + hh};
+// Corners of a box from its four stored numbers (x1, y1, x2, y2 or cx, cy, w, h).
+template <BoxFormat kFmt, typename T>
+SARL_HD_INLINE Box<T> corners(const Box<T>& raw) {
+  if constexpr (kFmt == BoxFormat::kXYXY) {
+    return raw;
+  } else {
+    // The same expressions as the reference (x - w / 2 == x - 0.5 * w exactly).
+    const T hw = raw.x2 * T(0.5), hh = raw.y2 * T(0.5);
+    return Box<T>{raw.x1 - hw, raw.y1 - hh, raw.x1 + hw, raw.y1 + hh};
+  }
+}
+template <BoxFormat kFmt, typename T>
+SARL_HD_INLINE Box<T> load_box(const T* p) {
+  return corners<kFmt>(Box<T>{p[0], p[1], p[2], p[3]});
 }
 
 // Area of a box given in memory (degenerate boxes, x2 < x1, have area 0).
+template <BoxFormat kFmt, typename T>
+SARL_HD_INLINE T box_area(const T* p) {
+  const Box<T> b = load_box<kFmt>(p);
+  return clamp_min0(b.x2 - b.x1) * clamp_min0(b.y2 - b.y1);
+}
 template <typename T>
 SARL_HD_INLINE T box_area(const T* p, BoxFormat fmt) {
-  const Box<T> b = load_box(p, fmt);
-  return clamp_min0(b.x2 - b.x1) * clamp_min0(b.y2 - b.y1);
+  return fmt == BoxFormat::kXYXY ? box_area<BoxFormat::kXYXY>(p) : box_area<BoxFormat::kCXCYWH>(p);
 }
 
 // True when the four numbers of a box are finite (non-finite targets are rejected).
@@ -105,25 +119,41 @@ SARL_HD_INLINE bool box_finite(const T* p) {
   return math_isfinite(p[0]) && math_isfinite(p[1]) && math_isfinite(p[2]) && math_isfinite(p[3]);
 }
 
+// ln(x) for x in [1, 2] (where the SAL weight needs it), as 2 atanh(t), t = (x - 1) / (x + 1) in
+// [0, 1/3]: a short series without branches or calls, so the CPU loop vectorises (std::log does
+// not) and CPU and GPU give the same bits. Error below 1e-8 (float) / 1e-15 (double) relative.
+template <typename T>
+SARL_HD_INLINE T log_1_to_2(T x) {
+  constexpr int kTerms = sizeof(T) == 4 ? 8 : 16;  // (1/9)^k / (2k+1) below the type's precision
+  const T t = (x - T(1)) / (x + T(1));
+  const T t2 = t * t;
+  T series = T(1) / T(2 * kTerms - 1);
+#pragma unroll
+  for (int k = kTerms - 2; k >= 0; --k) series = series * t2 + T(1) / T(2 * k + 1);
+  return T(2) * t * series;
+}
+
 // s = (a - lo) / (hi - lo) clamped to [0, 1]; 0 when hi <= lo (a degenerate group: all equal).
 // w = beta * ln(2 - s): 2 * beta * ln 2 ... for the smallest box, 0 for the largest.
 template <typename T>
 SARL_HD_INLINE T scale_weight(T area, T lo, T hi, T beta) {
-  T s = T(0);
-  if (hi > lo) {
-    s = (area - lo) / (hi - lo);
-    s = s < T(0) ? T(0) : (s > T(1) ? T(1) : s);
-  }
-  return beta * math_log(T(2) - s);
+  const T spread = hi - lo;
+  T s = (area - lo) / (spread > T(0) ? spread : T(1));
+  s = spread > T(0) ? s : T(0);
+  s = s < T(0) ? T(0) : (s > T(1) ? T(1) : s);
+  return beta * log_1_to_2(T(2) - s);
 }
 
-// Loss of one box pair and, when grad != nullptr, d loss / d pred in the memory format
-// (xyxy or cxcywh), multiplied by `scale` (the box's weight times the reduction factor).
-template <typename T>
-SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt, LossType type,
-                          T eps, T scale, T* grad) {
-  const Box<T> p = load_box(pred_mem, fmt);
-  const Box<T> t = load_box(target_mem, fmt);
+// Loss of one box pair and, when kGrad, d loss / d pred in the memory format (xyxy or cxcywh),
+// multiplied by `scale` (the box's weight times the reduction factor), written to grad[0..3].
+// Loss type, format and kGrad are compile-time so that the CPU loop has no branches and
+// vectorises; the selectors are comparisons turned into numbers, which vectorise as masks.
+// This form takes the four numbers of each box as stored (pred_raw, target_raw) and returns the
+// gradient in `grad` (same layout), so the CPU loop can feed it from struct-of-arrays buffers.
+template <LossType type, BoxFormat fmt, bool kGrad, typename T>
+SARL_HD_INLINE T box_loss_values(const Box<T>& pred_raw, const Box<T>& target_raw, T eps, T scale, Box<T>& grad) {
+  const Box<T> p = corners<fmt>(pred_raw);
+  const Box<T> t = corners<fmt>(target_raw);
 
   const T pw_raw = p.x2 - p.x1, ph_raw = p.y2 - p.y1;
   const T pw = clamp_min0(pw_raw), ph = clamp_min0(ph_raw);
@@ -145,24 +175,21 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
   T dl_dpcx = T(0), dl_dpcy = T(0);                  // pred centre (DIoU/CIoU)
   T dl_dpw_extra = T(0), dl_dph_extra = T(0);        // aspect term (CIoU)
   T cw_raw = T(0), ch_raw = T(0);
-  const bool needs_enclosure = type == LossType::kGIoU || type == LossType::kDIoU || type == LossType::kCIoU;
+  constexpr bool needs_enclosure = type == LossType::kGIoU || type == LossType::kDIoU || type == LossType::kCIoU;
   T cw = T(0), ch = T(0);
-  if (needs_enclosure) {
+  if constexpr (needs_enclosure) {
     cw_raw = max2(p.x2, t.x2) - min2(p.x1, t.x1);
     ch_raw = max2(p.y2, t.y2) - min2(p.y1, t.y1);
     cw = clamp_min0(cw_raw);
     ch = clamp_min0(ch_raw);
   }
-  switch (type) {
-    case LossType::kIoU2:
+  if constexpr (type == LossType::kIoU2) {
       loss = T(1) - iou * iou;
       dl_diou = T(-2) * iou;
-      break;
-    case LossType::kIoU:
+  } else if constexpr (type == LossType::kIoU) {
       loss = T(1) - iou;
       dl_diou = T(-1);
-      break;
-    case LossType::kGIoU: {
+  } else if constexpr (type == LossType::kGIoU) {
       // 1 - iou + (c - union) / (c + eps), union = area_p + area_t - inter.
       const T c = cw * ch;
       const T uni = area_p + area_t - inter;
@@ -175,10 +202,7 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
       dl_dinter_extra = -dpen_duni;
       dl_dcw = dpen_dc * ch;
       dl_dch = dpen_dc * cw;
-      break;
-    }
-    case LossType::kDIoU:
-    case LossType::kCIoU: {
+  } else {
       // 1 - iou + rho^2 / c^2 (+ alpha * v for CIoU).
       const T c2 = cw * cw + ch * ch + eps;
       const T dx = (p.x1 + p.x2) / T(2) - (t.x1 + t.x2) / T(2);
@@ -191,7 +215,7 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
       const T dl_dc2 = -rho2 / (c2 * c2);
       dl_dcw = dl_dc2 * T(2) * cw;
       dl_dch = dl_dc2 * T(2) * ch;
-      if (type == LossType::kCIoU) {
+      if constexpr (type == LossType::kCIoU) {
         const T k = static_cast<T>(4.0 / (kPi * kPi));
         const T rp = pw / (ph + eps);
         const T diff = math_atan(tw / (th + eps)) - math_atan(rp);
@@ -203,13 +227,9 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
         dl_dpw_extra = g;
         dl_dph_extra = -g * rp;
       }
-      break;
-    }
-    default:
-      loss = T(0);
   }
 
-  if (grad != nullptr) {
+  if constexpr (kGrad) {
     const T diou_dinter = (den + inter) / (den * den);
     const T diou_dareap = -inter / (den * den);
     const T dl_dinter = dl_diou * diou_dinter + dl_dinter_extra;
@@ -223,7 +243,7 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
     T gx2 = dl_diw * min2_grad_a(p.x2, t.x2) + dl_dpw + dl_dpcx / T(2);
     T gy1 = -dl_dih * max2_grad_a(p.y1, t.y1) - dl_dph + dl_dpcy / T(2);
     T gy2 = dl_dih * min2_grad_a(p.y2, t.y2) + dl_dph + dl_dpcy / T(2);
-    if (needs_enclosure) {
+    if constexpr (needs_enclosure) {
       const T gcw = dl_dcw * clamp_min0_grad(cw_raw);
       const T gch = dl_dch * clamp_min0_grad(ch_raw);
       gx2 += gcw * max2_grad_a(p.x2, t.x2);
@@ -231,20 +251,59 @@ SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, BoxFormat fmt,
       gy2 += gch * max2_grad_a(p.y2, t.y2);
       gy1 -= gch * min2_grad_a(p.y1, t.y1);
     }
-    if (fmt == BoxFormat::kXYXY) {
-      grad[0] = scale * gx1;
-      grad[1] = scale * gy1;
-      grad[2] = scale * gx2;
-      grad[3] = scale * gy2;
+    if constexpr (fmt == BoxFormat::kXYXY) {
+      grad.x1 = scale * gx1;
+      grad.y1 = scale * gy1;
+      grad.x2 = scale * gx2;
+      grad.y2 = scale * gy2;
     } else {
       // x1 = cx - w/2, x2 = cx + w/2.
-      grad[0] = scale * (gx1 + gx2);
-      grad[1] = scale * (gy1 + gy2);
-      grad[2] = scale * (gx2 - gx1) * T(0.5);
-      grad[3] = scale * (gy2 - gy1) * T(0.5);
+      grad.x1 = scale * (gx1 + gx2);
+      grad.y1 = scale * (gy1 + gy2);
+      grad.x2 = scale * (gx2 - gx1) * T(0.5);
+      grad.y2 = scale * (gy2 - gy1) * T(0.5);
     }
   }
   return loss;
+}
+
+// Pointer form: reads [4] numbers per box, writes d loss/d pred to grad[0..3] when kGrad.
+template <LossType type, BoxFormat fmt, bool kGrad, typename T>
+SARL_HD_INLINE T box_loss(const T* pred_mem, const T* target_mem, T eps, T scale, T* grad) {
+  const Box<T> p{pred_mem[0], pred_mem[1], pred_mem[2], pred_mem[3]};
+  const Box<T> t{target_mem[0], target_mem[1], target_mem[2], target_mem[3]};
+  Box<T> g{T(0), T(0), T(0), T(0)};
+  const T loss = box_loss_values<type, fmt, kGrad>(p, t, eps, scale, g);
+  if constexpr (kGrad) {
+    grad[0] = g.x1;
+    grad[1] = g.y1;
+    grad[2] = g.x2;
+    grad[3] = g.y2;
+  }
+  return loss;
+}
+
+// Runtime-dispatched form for the CUDA kernel (where the uniform branches cost little).
+template <typename T>
+SARL_HD_INLINE T box_loss(const T* pred, const T* target, BoxFormat fmt, LossType type, T eps, T scale,
+                          T* grad) {
+#define SARL_SAL_CASE(TYPE)                                                                       \
+  case TYPE:                                                                                      \
+    if (fmt == BoxFormat::kXYXY) {                                                                \
+      return grad ? box_loss<TYPE, BoxFormat::kXYXY, true>(pred, target, eps, scale, grad)        \
+                  : box_loss<TYPE, BoxFormat::kXYXY, false>(pred, target, eps, scale, grad);      \
+    }                                                                                             \
+    return grad ? box_loss<TYPE, BoxFormat::kCXCYWH, true>(pred, target, eps, scale, grad)        \
+                : box_loss<TYPE, BoxFormat::kCXCYWH, false>(pred, target, eps, scale, grad);
+  switch (type) {
+    SARL_SAL_CASE(LossType::kIoU2)
+    SARL_SAL_CASE(LossType::kIoU)
+    SARL_SAL_CASE(LossType::kGIoU)
+    SARL_SAL_CASE(LossType::kDIoU)
+    SARL_SAL_CASE(LossType::kCIoU)
+  }
+#undef SARL_SAL_CASE
+  return T(0);
 }
 
 }  // namespace sal

@@ -15,7 +15,7 @@ from .synthetic import SYNTHETIC_CLASSES, generate_synthetic_dataset
 
 register_all_aerial()
 
-from .build import build_yolo_train_loader  # noqa: E402  (after registration: the loader looks names up)
+from .build import build_yolo_test_loader, build_yolo_train_loader  # noqa: E402  (after registration: the loader looks names up)
 from .mapper import YOLOMapper  # noqa: E402
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SYNTHETIC_CLASSES",
     "YOLOMapper",
+    "build_yolo_test_loader",
     "build_yolo_train_loader",
     "generate_synthetic_dataset",
     "load_aerial_coco_json",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 import torch.utils.data as torchdata
 
@@ -18,22 +18,32 @@ from .mapper import YOLOMapper
 logger = logging.getLogger(__name__)
 
 
-def build_yolo_train_loader(cfg, mapper: Optional[YOLOMapper] = None) -> torchdata.DataLoader:
+def build_yolo_train_loader(
+    cfg,
+    mapper: Optional[YOLOMapper] = None,
+    *,
+    dataset: Optional[List[Dict[str, Any]]] = None,
+    sampler: Optional[torchdata.Sampler] = None,
+) -> torchdata.DataLoader:
     """Infinite training loader over ``cfg.DATASETS.TRAIN``.
 
-    Sampler: detectron2's ``TrainingSampler`` (infinite shuffled stream, seeded with ``cfg.SEED`` when >= 0,
-    sharded by rank under DDP). Batches: lists of ``cfg.SOLVER.IMS_PER_BATCH / world_size`` mapped dicts.
-    The mapper (given, or ``YOLOMapper(cfg, True, dataset_dicts)``) is kept as ``loader.yolo_mapper`` so the
-    no-aug hook can call ``loader.yolo_mapper.set_augmentation(False)``.
+    Args:
+        mapper: default ``YOLOMapper(cfg, True, dataset)``.
+        dataset: dataset dicts; default detectron2's ``get_detection_dataset_dicts(cfg.DATASETS.TRAIN)``
+            (``cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS`` applies).
+        sampler: default detectron2's ``TrainingSampler`` (infinite shuffled stream, seeded with ``cfg.SEED`` when
+            >= 0, sharded by rank under DDP); the trainer passes its resumable one.
+    Batches: lists of ``cfg.SOLVER.IMS_PER_BATCH / world_size`` mapped dicts. The mapper is kept as
+    ``loader.yolo_mapper`` so the no-aug hook can call ``loader.yolo_mapper.set_augmentation(False)``.
     """
-    dataset_dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     if mapper is None:
-        mapper = YOLOMapper(cfg, is_train=True, dataset_dicts=dataset_dicts)
-    sampler = TrainingSampler(len(dataset_dicts), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
+        mapper = YOLOMapper(cfg, is_train=True, dataset_dicts=dataset)
+    if sampler is None:
+        sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
     loader = build_detection_train_loader(
-        dataset_dicts,
+        dataset,
         mapper=mapper,
         sampler=sampler,
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,

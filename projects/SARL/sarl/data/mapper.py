@@ -168,11 +168,15 @@ class YOLOMapper:
                            f"({self.num_unreadable} unreadable so far)")
             return None
         boxes, classes = annotations_to_arrays(record)
-        regions = record.get("ignore_regions") or []
-        if self.is_train and self.mask_ignore_regions and len(regions):
+        regions = record.get("ignore_regions")
+        if self.is_train and self.mask_ignore_regions and regions is not None and len(regions):
             image = image.copy()
+            height, width = image.shape[:2]
             for x1, y1, x2, y2 in np.asarray(regions, dtype=np.float64).reshape(-1, 4):
-                image[int(max(y1, 0)): int(np.ceil(y2)), int(max(x1, 0)): int(np.ceil(x2))] = T.PAD_VALUE
+                # Clamped to the image: a negative end must not become a Python "from the end" index.
+                c1, r1 = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.floor(y1), 0, height))
+                c2, r2 = int(np.clip(np.ceil(x2), 0, width)), int(np.clip(np.ceil(y2), 0, height))
+                image[r1:r2, c1:c2] = T.PAD_VALUE
         height, width = image.shape[:2]
         boxes = T.clip_boxes(boxes, width, height)
         return image, boxes, classes

@@ -370,6 +370,11 @@ class YOLOTrainer(DefaultTrainer):
         """The model evaluated: the EMA copy when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
+    def train(self) -> Optional["OrderedDict[str, Any]"]:
+        """Run training; returns the last evaluation results (None when nothing was evaluated)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
     # -- resume --
     def resume_or_load(self, resume: bool = True) -> None:
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)

@@ -8,11 +8,14 @@ from .aitod_evaluator import (
     ignored_fraction,
     summarize_aitod,
 )
+from .dota_merge import DOTAMergeEvaluator, merge_patch_predictions
 
 __all__ = [
     "AITOD_AREA_RANGES",
     "AITOD_MAX_DETS",
     "AITODEvaluator",
+    "DOTAMergeEvaluator",
+    "merge_patch_predictions",
     "evaluate_detections",
     "format_aitod_table",
     "ignored_fraction",

@@ -1,0 +1,4 @@
+"""Inference helpers: sliced (tiled) prediction for large aerial images."""
+from .sliced import SlicedPredictor, drop_cut_boxes, merge_detections, tile_grid, tile_starts
+
+__all__ = ["SlicedPredictor", "drop_cut_boxes", "merge_detections", "tile_grid", "tile_starts"]

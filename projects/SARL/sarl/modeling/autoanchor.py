@@ -57,10 +57,14 @@ def best_possible_recall(wh: Tensor, anchors: Tensor, anchor_t: float = 4.0) -> 
     return bpr, anchors_above
 
 
-def _anchor_fitness(wh: Tensor, anchors: np.ndarray, thr: float) -> float:
-    """YOLOv5's evolution fitness: mean best ratio, counting only boxes above the threshold."""
-    best = anchor_ratio_metric(wh, torch.as_tensor(anchors, dtype=torch.float32)).amax(1)
-    return (best * (best > thr).float()).mean().item()
+def _anchor_fitness(wh: np.ndarray, anchors: np.ndarray, thr: float) -> float:
+    """YOLOv5's evolution fitness: mean best ratio, counting only boxes above the threshold.
+
+    numpy on purpose: called once per generation on small arrays, where torch's intra-op
+    threads cost more than they bring on a busy machine."""
+    ratio = wh[:, None] / np.asarray(anchors, dtype=np.float32)[None]
+    best = np.minimum(ratio, 1.0 / ratio).min(2).max(1)
+    return float((best * (best > thr)).mean())
 
 
 def kmeans_wh(points: np.ndarray, n: int, *, iters: int = 30, restarts: int = 5,
@@ -103,7 +107,7 @@ def kmeans_wh(points: np.ndarray, n: int, *, iters: int = 30, restarts: int = 5,
 
 
 def fit_anchors(wh: np.ndarray, n: int, img_size: int, gen: int = 1000, *, anchor_t: float = 4.0,
-                seed: int = 0, min_size: float = 2.0) -> np.ndarray:
+                seed: int = 0, min_size: float = 2.0, max_boxes: int = 50_000) -> np.ndarray:
     """Anchors fitted to box sizes, as YOLOv5's ``kmean_anchors``.
 
     Args:
@@ -115,6 +119,9 @@ def fit_anchors(wh: np.ndarray, n: int, img_size: int, gen: int = 1000, *, ancho
         seed: seed of this function's own generator.
         min_size: boxes with both sides below it are left out of the fit (YOLOv5: 2 px), and
             anchors are kept at least this large.
+        max_boxes: fit on a random sample of at most this many boxes (YOLOv5 uses all: AI-TOD's
+            700k boxes would cost minutes per 1000 generations; 50k give the same anchors to
+            within the evolution's noise). The caller's BPR is still measured on every box.
     Returns:
         [n, 2] float32 anchors (w, h), sorted by area, small to large.
     """
@@ -127,6 +134,8 @@ def fit_anchors(wh: np.ndarray, n: int, img_size: int, gen: int = 1000, *, ancho
     if tiny:
         logger.info("AutoAnchor: %d of %d boxes are smaller than 3 px", tiny, len(wh_all))
     wh_fit = wh_all[(wh_all >= min_size).any(1)]
+    if len(wh_fit) > max_boxes:
+        wh_fit = wh_fit[rng.choice(len(wh_fit), max_boxes, replace=False)]
 
     if len(wh_fit) >= n:
         spread = wh_fit.std(0)
@@ -137,11 +146,11 @@ def fit_anchors(wh: np.ndarray, n: int, img_size: int, gen: int = 1000, *, ancho
         anchors = np.sort(rng.random(n * 2)).reshape(n, 2) * img_size
     anchors = np.clip(anchors, min_size, None)
 
-    wh_fit_t = torch.as_tensor(wh_fit, dtype=torch.float32)
+    wh_fit32 = wh_fit.astype(np.float32)
     if len(wh_fit):
         # Genetic evolution: mutate each anchor side with probability 0.9 by a random factor
         # (spread 0.1 scaled by a per-generation uniform draw), keep the child when fitter.
-        fitness = _anchor_fitness(wh_fit_t, anchors, thr)
+        fitness = _anchor_fitness(wh_fit32, anchors, thr)
         mutation_prob, sigma = 0.9, 0.1
         for _ in range(gen):
             factor = np.ones_like(anchors)
@@ -149,7 +158,7 @@ def fit_anchors(wh: np.ndarray, n: int, img_size: int, gen: int = 1000, *, ancho
                 factor = ((rng.random(anchors.shape) < mutation_prob) * rng.random()
                           * rng.standard_normal(anchors.shape) * sigma + 1).clip(0.3, 3.0)
             child = (anchors * factor).clip(min=min_size)
-            child_fitness = _anchor_fitness(wh_fit_t, child, thr)
+            child_fitness = _anchor_fitness(wh_fit32, child, thr)
             if child_fitness > fitness:
                 anchors, fitness = child, child_fitness
     anchors = anchors[np.argsort(anchors.prod(1))]
@@ -175,17 +184,26 @@ def letterbox_box_sizes(dataset_dicts: Sequence[dict], img_size: int, *,
             raise ValueError(f"dataset_dicts[{index}] ({name}): 'height' and 'width' must be positive, "
                              f"got {height} x {width}")
         scale = img_size / max(height, width) * rng.uniform(*scale_jitter)
+        record_sizes = []
         for k, ann in enumerate(record.get("annotations", [])):
             if ann.get("iscrowd", 0):
                 continue
             if "bbox" not in ann or "bbox_mode" not in ann:
                 raise ValueError(f"dataset_dicts[{index}] ({name}) annotation {k}: needs 'bbox' and 'bbox_mode'")
-            x, y, w, h = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYWH_ABS)
+            mode, box = ann["bbox_mode"], ann["bbox"]
+            if mode == BoxMode.XYWH_ABS:  # the common modes without BoxMode.convert's per-box cost
+                w, h = float(box[2]), float(box[3])
+            elif mode == BoxMode.XYXY_ABS:
+                w, h = float(box[2]) - float(box[0]), float(box[3]) - float(box[1])
+            else:
+                _, _, w, h = BoxMode.convert(list(box), mode, BoxMode.XYWH_ABS)
             if not (np.isfinite([w, h]).all() and w >= 0 and h >= 0):
                 raise ValueError(f"dataset_dicts[{index}] ({name}) annotation {k}: invalid box size "
                                  f"{w} x {h}")
-            sizes.append(np.array([w, h], dtype=np.float64) * scale)
-    return np.stack(sizes) if sizes else np.zeros((0, 2))
+            record_sizes.append((w, h))
+        if record_sizes:
+            sizes.append(np.asarray(record_sizes, dtype=np.float64) * scale)
+    return np.concatenate(sizes) if sizes else np.zeros((0, 2))
 
 
 def check_anchors(head, dataset_dicts: Sequence[dict], img_size: int, *, gen: int = 1000,

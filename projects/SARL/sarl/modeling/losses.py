@@ -11,14 +11,14 @@ with ``AREA_RANGE``), ``ALPHA`` (the heads' weight on this term).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from sarl.ops import scale_adaptive_iou_loss
 
-__all__ = ["SALParams", "sal_box_loss"]
+__all__ = ["SALParams", "sal_box_loss", "current_iteration", "check_finite_predictions"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,27 @@ def sal_box_loss(cfg_or_params: Union["SALParams", object], pred_xyxy: Tensor, t
         normalize=normalize, batch_index=batch_index if normalize == "image" else None,
         area_range=params.area_range if normalize == "fixed" else None, weight=weight,
         reduction=reduction, eps=params.eps)
+
+
+def current_iteration() -> Optional[int]:
+    """The iteration of detectron2's active EventStorage, or None outside a training loop."""
+    try:
+        from detectron2.utils.events import get_event_storage
+
+        return get_event_storage().iter
+    except (AssertionError, ImportError):
+        return None
+
+
+def check_finite_predictions(head_name: str, outputs: Dict[str, Tensor]) -> None:
+    """Raise ``FloatingPointError`` naming the head output and the iteration when a raw
+    prediction is NaN/inf. Non-finite boxes would otherwise lose every SimOTA comparison, never
+    be assigned, and leave the loss finite while part of the model is dead (a silent NaN model)."""
+    for name, value in outputs.items():
+        if not torch.isfinite(value).all():
+            iteration = current_iteration()
+            where = f"at iteration {iteration}" if iteration is not None else "(outside a training loop)"
+            raise FloatingPointError(
+                f"{head_name}: non-finite {name} predictions {where} "
+                f"({int((~torch.isfinite(value)).sum())} of {value.numel()} values); the weights diverged: "
+                "lower the learning rate or enable gradient clipping.")

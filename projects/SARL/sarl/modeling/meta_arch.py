@@ -13,7 +13,7 @@ original image's pixels, at most ``TEST.DETECTIONS_PER_IMAGE`` per image.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .heads import build_yolo_head
+from .losses import current_iteration
 from .heads import yolox_head  # noqa: F401  (registers YOLOXHead)
 
 __all__ = ["YOLODetector", "check_losses_finite"]
@@ -38,13 +39,7 @@ def check_losses_finite(losses: Dict[str, Tensor]) -> None:
     bad = {name: value for name, value in losses.items() if not torch.isfinite(value).all()}
     if not bad:
         return
-    iteration: Optional[int] = None
-    try:
-        from detectron2.utils.events import get_event_storage
-
-        iteration = get_event_storage().iter
-    except AssertionError:  # not inside a trainer
-        pass
+    iteration = current_iteration()
     where = f"at iteration {iteration}" if iteration is not None else "(outside a training loop)"
     details = ", ".join(f"{name}={value.detach().float().cpu().tolist()}" for name, value in bad.items())
     all_terms = ", ".join(f"{n}={v.detach().float().cpu().tolist()}" for n, v in losses.items())

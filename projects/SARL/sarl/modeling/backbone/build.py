@@ -11,9 +11,9 @@ from __future__ import annotations
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..neck.pafpn import YOLOPAFPN, build_yolopafpn
-from ..relay import SARLRelay, build_sarl_relay
-from .cspdarknet import CSPDarknet, build_cspdarknet_backbone, convert_norm, cspdarknet_from_config
+from ..neck.pafpn import YOLOPAFPN, build_yolopafpn  # noqa: F401  (re-exported)
+from ..relay import SARLRelay, build_sarl_relay  # noqa: F401
+from .cspdarknet import CSPDarknet, build_cspdarknet_backbone, convert_norm, cspdarknet_from_config  # noqa: F401
 
 __all__ = ["build_sarl_cspdarknet_pafpn_backbone", "build_cspdarknet_backbone", "CSPDarknet",
            "SARLRelay", "YOLOPAFPN"]

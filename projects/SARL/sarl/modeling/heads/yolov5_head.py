@@ -9,8 +9,9 @@ matching of :mod:`sarl.modeling.assigners.anchor_match`) and its size is 0..4x i
 the shape-ratio bound ``ANCHOR_T = 4``).
 
 Losses (official ComputeLoss, SAL in place of the CIoU term):
-- box: per level, the mean over matches of the box loss; summed over levels. With
-  ``MODEL.SAL.ENABLED`` the box loss is ``sarl.ops.scale_adaptive_iou_loss`` of
+- box: per level, the mean over matches of the box loss; summed over levels. The box loss is
+  :func:`sarl.modeling.losses.sal_box_loss` (the fused ``sarl.ops.scale_adaptive_iou_loss``). With
+  ``MODEL.SAL.ENABLED`` it is the loss of
   ``MODEL.SAL.LOSS_TYPE`` ("iou2" = 1 - IoU^2, the paper) weighted by ``beta * ln(2 - s_i)``, with the
   areas normalised over all matches of all levels together (in input pixels, so levels compare);
   without SAL it is the plain loss of ``MODEL.YOLOV5.BOX_LOSS_TYPE`` ("ciou": the official
@@ -25,8 +26,9 @@ Losses (official ComputeLoss, SAL in place of the CIoU term):
 - gains: box 0.05 * 3/nl, cls 0.5 * nc/80 * 3/nl, obj 1.0 * (img/640)^2 * 3/nl, where img is
   ``INPUT.YOLO.IMG_SIZE``.
 - every term times the number of images in the batch (``LOSS_TIMES_BATCH_SIZE``, YOLOv5's
-  ``loss * bs``): YOLOv5's lr 0.01 and its loss gains assume a loss summed over images. With
-  Detectron2's DDP the gradients are averaged over devices, so the batch here is per device.
+  ``loss * bs``): YOLOv5's lr 0.01 and its loss gains assume a loss summed over images. The batch
+  is the images on this device; under DDP, YOLOv5 further multiplies by the world size (DDP
+  averages gradients over devices), which is the trainer's business (or an lr scaled to match).
 
 Anchors live in a buffer ``anchors`` ([nl, na, 2], (w, h) in input pixels, finest level first),
 saved in checkpoints, so the ones AutoAnchor fits (:mod:`sarl.modeling.autoanchor`) travel with the
@@ -120,7 +122,8 @@ class YOLOv5Head(nn.Module):
             anchor_t: shape-ratio bound of the matching.
             balance: objectness weight per level.
             box_gain, cls_gain, obj_gain: YOLOv5's ``hyp`` gains before the 3/nl, nc/80, (img/640)^2 scaling.
-            img_size: training image size (for the obj gain and the objectness bias prior).
+            img_size: training image size (for the obj gain; the objectness bias prior keeps
+                YOLOv5's fixed 640, i.e. 8 objects per 640x640 area).
             box_loss_type: box loss without SAL ("ciou": official).
             sal_*: the SAL options (``MODEL.SAL``), ``sal_loss_type`` being the base loss with SAL.
             loss_times_batch_size: multiply the losses by the batch size, as YOLOv5.
@@ -178,7 +181,7 @@ class YOLOv5Head(nn.Module):
         in_features = list(cfg.MODEL.YOLO.IN_FEATURES)
         missing = [f for f in in_features if f not in input_shape]
         if missing:
-            raise KeyError(f"MODEL.YOLO.IN_FEATURES {missing} not among the backbone outputs "
+            raise ValueError(f"MODEL.YOLO.IN_FEATURES {missing} not among the backbone outputs "
                            f"{sorted(input_shape)}")
         num_levels = len(in_features)
         v5 = cfg.MODEL.YOLOV5
@@ -247,8 +250,8 @@ class YOLOv5Head(nn.Module):
         all_boxes, all_scores = [], []
         for level, output in enumerate(outputs):
             batch = output.shape[0]
-            cxcywh = self.decode_level(output, level).reshape(batch, -1, 4)
-            all_boxes.append(_cxcywh_to_xyxy(cxcywh.reshape(-1, 4)).view(batch, -1, 4))
+            cxcywh = self.decode_level(output, level).reshape(-1, 4)
+            all_boxes.append(_cxcywh_to_xyxy(cxcywh).view(batch, -1, 4))
             obj = output[..., 4:5].sigmoid().reshape(batch, -1, 1)
             if self.num_classes == 1:
                 all_scores.append(obj)
@@ -298,7 +301,7 @@ class YOLOv5Head(nn.Module):
 
         # Matched predictions of all levels, in input pixels, for one SAL call (the areas are then
         # normalised over the whole batch, across levels).
-        pred_boxes, target_boxes, picked, level_of_match = [], [], [], []
+        pred_boxes, target_boxes, picked = [], [], []
         for level, (output, m) in enumerate(zip(outputs, matches)):
             p = output[m.batch_index, m.anchor_index, m.grid_y, m.grid_x]  # [M, 5 + nc]
             stride = self.strides[level]
@@ -307,7 +310,6 @@ class YOLOv5Head(nn.Module):
             pred_boxes.append(torch.cat([pxy, pwh], 1) * stride)
             target_boxes.append(m.target_boxes * stride)
             picked.append(p)
-            level_of_match.append(torch.full((len(m),), level, dtype=torch.long, device=p.device))
         pred_all, target_all = torch.cat(pred_boxes), torch.cat(target_boxes)
         batch_all = torch.cat([m.batch_index for m in matches])
         per_match_box_loss = self._box_loss_per_match(pred_all, target_all, batch_all)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..assigners.simota import AnchorPoints, make_anchor_points, simota_assign
 from ..layers import BaseConv, DWConv
-from ..losses import SALParams, sal_box_loss
+from ..losses import SALParams, check_finite_predictions, sal_box_loss
 from .build import YOLO_HEAD_REGISTRY
 
 __all__ = ["YOLOXHead", "YOLOXOutputs"]
@@ -144,6 +144,8 @@ class YOLOXHead(nn.Module):
         num_images = outputs.cls_logits.shape[0]
         if len(gt_instances) != num_images:
             raise ValueError(f"got {len(gt_instances)} gt_instances for {num_images} images")
+        check_finite_predictions("YOLOXHead", {"cls_logits": outputs.cls_logits, "reg_deltas": outputs.reg_deltas,
+                                               "obj_logits": outputs.obj_logits})
         pred_boxes = self.decode_boxes(outputs.reg_deltas.float(), anchors)  # [N, A, 4]
 
         fg_masks, fg_gt_boxes, fg_gt_classes, fg_ious, fg_image = [], [], [], [], []

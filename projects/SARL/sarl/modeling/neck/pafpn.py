@@ -23,7 +23,6 @@ import math
 from typing import Dict, List, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone

@@ -1,0 +1,187 @@
+"""Sliced (tiled) inference for aerial images larger than the detector's input.
+
+The image is cut into ``slice_size`` x ``slice_size`` tiles overlapping by ``overlap`` (a fraction of the tile),
+the last tile of each row/column aligned to the image border so every tile is full-size. Tiles are read
+lazily from the image array (a view, then one uint8 -> float copy of that tile only), run through the model
+``batch_size`` at a time, shifted back to image coordinates and merged:
+
+- border handling: a detection touching an *inner* tile edge (an edge that is not the image border) is a
+  possibly cut object; when it is smaller than the overlap it lies whole in the neighbouring tile, so the cut
+  copy is dropped. Larger cut boxes (they cannot be whole in any tile) are kept and left to NMS;
+- class-wise NMS over all kept detections (``torchvision.ops.batched_nms``), then the top ``max_detections``.
+
+Memory: the image (uint8) plus one batch of float tiles plus the detections; a 10000 x 10000 RGB image needs
+~300 MB for itself, never a full-size float copy.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.structures import Boxes, Instances
+from torchvision.ops import batched_nms
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SlicedPredictor", "tile_starts", "tile_grid", "drop_cut_boxes", "merge_detections"]
+
+
+def tile_starts(length: int, slice_size: int, overlap: float) -> List[int]:
+    """Start offsets along one axis: stride ``slice_size * (1 - overlap)``, last tile flush with the end."""
+    if slice_size <= 0:
+        raise ValueError(f"slice size must be > 0, got {slice_size}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length <= slice_size:
+        return [0]
+    stride = max(int(round(slice_size * (1.0 - overlap))), 1)
+    starts = list(range(0, length - slice_size, stride))
+    starts.append(length - slice_size)
+    return sorted(set(starts))
+
+
+def tile_grid(height: int, width: int, slice_size: int, overlap: float) -> List[Tuple[int, int, int, int]]:
+    """Tiles as ``(x0, y0, x1, y1)`` covering the image, row by row."""
+    ys, xs = tile_starts(height, slice_size, overlap), tile_starts(width, slice_size, overlap)
+    return [(x, y, min(x + slice_size, width), min(y + slice_size, height)) for y in ys for x in xs]
+
+
+def drop_cut_boxes(boxes: torch.Tensor, tile: Tuple[int, int, int, int], image_size: Tuple[int, int],
+                   overlap_px: float, margin: float = 2.0) -> torch.Tensor:
+    """Keep-mask [N] for tile-local boxes [N, 4]: False for boxes touching an inner tile edge (within
+    ``margin`` px) whose extent along that axis is below ``overlap_px`` (the neighbour tile holds them whole)."""
+    x0, y0, x1, y1 = tile
+    height, width = image_size
+    tw, th = x1 - x0, y1 - y0
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cut = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    if x0 > 0:
+        cut |= (boxes[:, 0] <= margin) & (bw < overlap_px)
+    if x1 < width:
+        cut |= (boxes[:, 2] >= tw - margin) & (bw < overlap_px)
+    if y0 > 0:
+        cut |= (boxes[:, 1] <= margin) & (bh < overlap_px)
+    if y1 < height:
+        cut |= (boxes[:, 3] >= th - margin) & (bh < overlap_px)
+    return ~cut
+
+
+def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float,
+                     max_detections: int, class_agnostic: bool = False) -> torch.Tensor:
+    """Indices kept by class-wise NMS (boxes [N, 4] XYXY, scores [N], classes [N]), best first."""
+    groups = torch.zeros_like(classes) if class_agnostic else classes
+    return batched_nms(boxes.float(), scores.float(), groups, nms_thresh)[:max_detections]
+
+
+@dataclass
+class _TileDetections:
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+
+
+class SlicedPredictor:
+    """Run a Detectron2-style detector over the tiles of a large image and merge the detections.
+
+    Args:
+        model: a callable taking a list of ``{"image": [3, h, w] tensor, "height", "width"}`` dicts and returning
+            ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` in each tile's pixels (a
+            ``YOLODetector`` in eval mode, or anything with that contract).
+        slice_size: tile side in pixels (``--slice``).
+        overlap: overlap of adjacent tiles as a fraction of ``slice_size`` (``--overlap``).
+        batch_size: tiles per model call (``--batch``).
+        nms_thresh: IoU threshold of the class-wise merge NMS.
+        max_detections: detections kept per image after merging.
+        input_size: the tiles are resized so their long side is ``input_size`` before the model (the model
+            rescales its boxes back through ``height``/``width``); None keeps them at native resolution.
+        class_agnostic: merge with class-agnostic NMS.
+        to_input: converts an HxWxC uint8 tile to the model's ``[C, h, w]`` tensor (default: channels first,
+            no colour change: give the image in the model's ``INPUT.FORMAT``).
+    """
+
+    def __init__(self, model: Callable, slice_size: int = 800, overlap: float = 0.2, batch_size: int = 4,
+                 nms_thresh: float = 0.65, max_detections: int = 3000, input_size: Optional[int] = None,
+                 class_agnostic: bool = False, to_input: Optional[Callable[[np.ndarray], torch.Tensor]] = None):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        tile_starts(slice_size, slice_size, overlap)  # validates slice_size and overlap
+        self.model = model
+        self.slice_size = int(slice_size)
+        self.overlap = float(overlap)
+        self.batch_size = int(batch_size)
+        self.nms_thresh = float(nms_thresh)
+        self.max_detections = int(max_detections)
+        self.input_size = input_size
+        self.class_agnostic = class_agnostic
+        self.to_input = to_input or (lambda tile: torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))))
+
+    def _model_inputs(self, image: np.ndarray, tiles: Sequence[Tuple[int, int, int, int]]) -> List[Dict]:
+        inputs = []
+        for x0, y0, x1, y1 in tiles:
+            tile = image[y0:y1, x0:x1]  # a view: nothing full-size is copied
+            if tile.ndim == 2:
+                tile = tile[:, :, None]
+            h, w = tile.shape[:2]
+            if self.input_size is not None and max(h, w) != self.input_size:
+                import cv2
+
+                scale = self.input_size / max(h, w)
+                tile = cv2.resize(np.ascontiguousarray(tile), (max(1, round(w * scale)), max(1, round(h * scale))),
+                                  interpolation=cv2.INTER_LINEAR)
+                if tile.ndim == 2:
+                    tile = tile[:, :, None]
+            inputs.append({"image": self.to_input(tile), "height": h, "width": w})
+        return inputs
+
+    def _run_tiles(self, image: np.ndarray) -> Iterator[Tuple[Tuple[int, int, int, int], _TileDetections]]:
+        height, width = image.shape[:2]
+        tiles = tile_grid(height, width, self.slice_size, self.overlap)
+        for start in range(0, len(tiles), self.batch_size):
+            batch = tiles[start:start + self.batch_size]
+            with torch.no_grad():
+                outputs = self.model(self._model_inputs(image, batch))
+            for tile, output in zip(batch, outputs):
+                instances = output["instances"].to("cpu")
+                yield tile, _TileDetections(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+
+    def __call__(self, image: np.ndarray) -> Instances:
+        """Detections on ``image`` (HxWxC uint8 array, e.g. from ``cv2.imread``; a memmap works) as
+        ``Instances(pred_boxes, scores, pred_classes)`` in image pixels."""
+        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or min(image.shape[:2]) == 0:
+            raise ValueError(f"image must be a non-empty HxW or HxWxC array, got "
+                             f"{getattr(image, 'shape', type(image))}")
+        height, width = image.shape[:2]
+        overlap_px = self.slice_size * self.overlap
+        boxes, scores, classes = [], [], []
+        for tile, det in self._run_tiles(image):
+            if det.boxes.numel() == 0:
+                continue
+            keep = drop_cut_boxes(det.boxes, tile, (height, width), overlap_px)
+            shift = det.boxes.new_tensor([tile[0], tile[1], tile[0], tile[1]])
+            boxes.append(det.boxes[keep] + shift)
+            scores.append(det.scores[keep])
+            classes.append(det.classes[keep])
+            # Bound memory on huge images: prune the running set when it grows far beyond what is kept.
+            if sum(len(s) for s in scores) > 8 * self.max_detections:
+                boxes, scores, classes = self._merge(boxes, scores, classes)
+                boxes, scores, classes = [boxes], [scores], [classes]
+        result = Instances((height, width))
+        if boxes:
+            b, s, c = self._merge(boxes, scores, classes)
+        else:
+            b, s, c = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        result.pred_boxes = Boxes(b)
+        result.scores = s
+        result.pred_classes = c
+        return result
+
+    def _merge(self, boxes, scores, classes):
+        b, s, c = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
+        keep = merge_detections(b, s, c, self.nms_thresh, self.max_detections, self.class_agnostic)
+        return b[keep], s[keep], c[keep]
+
+    def num_tiles(self, height: int, width: int) -> int:
+        return len(tile_grid(height, width, self.slice_size, self.overlap))

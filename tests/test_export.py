@@ -1,0 +1,75 @@
+"""TorchScript export of the detector with decoding inside matches the eager model (ONNX: the pinned
+environment has no ``onnx`` package, so only the skip message is checked)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 shared cores: oversubscribed OpenMP threads make tracing an order of magnitude slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _export_tool():
+    sys.path.insert(0, str(REPO / "tools"))
+    spec = importlib.util.spec_from_file_location("sarl_export_model", REPO / "tools" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_model(config: str, num_classes: int = 4):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import sarl.modeling  # noqa: F401
+    from sarl.config import add_sarl_config
+
+    cfg = add_sarl_config(get_cfg())
+    cfg.merge_from_file(str(REPO / "configs" / config))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.YOLO.NUM_CLASSES = num_classes
+    cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.125
+    cfg.MODEL.SARL.ENABLED = True
+    cfg.MODEL.SARL.FUSED = False
+    cfg.MODEL.YOLO.SCORE_THRESH_TEST = 0.05
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("config", ["demo/sarl_yolox_synthetic.yaml", "Base-YOLOv5.yaml"])
+def test_torchscript_export_matches_eager(config, tmp_path):
+    tool = _export_tool()
+    model = _tiny_model(config)
+    traced = tool.export_torchscript(model, size=64)
+    traced.save(str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    diffs = tool.compare_with_eager(model, loaded, size=64, batch=2)
+    assert diffs["boxes"] < 1e-3 and diffs["scores"] < 1e-5, diffs
+    assert "detections_count" not in diffs and diffs.get("detections", 0.0) < 1e-3, diffs
+    boxes, scores = loaded(torch.rand(1, 3, 64, 64) * 255)
+    num_anchors = boxes.shape[1]
+    assert boxes.shape == (1, num_anchors, 4) and scores.shape == (1, num_anchors, 4)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_onnx_reports_missing_package(tmp_path):
+    tool = _export_tool()
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        message = tool.try_export_onnx(tool.DecodedDetector(_tiny_model("demo/sarl_yolox_synthetic.yaml")), 64,
+                                       str(tmp_path / "m.onnx"))
+        assert "onnx" in message and "not installed" in message
+    else:
+        pytest.skip("onnx is installed; the ONNX path is exercised by tools/export_model.py --format onnx")
