@@ -17,6 +17,15 @@ from sarl.modeling.assigners.simota import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two threads on a loaded 2-core machine make small kernels many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_scene(num_gt: int, height: int = 256, width: int = 256, strides=(8, 16, 32), num_classes: int = 5,
                  max_side: float = 24.0, seed: int = 0, outside: bool = False):
     """Tiny GTs anywhere in the image (optionally some centres outside it) and predictions
@@ -82,7 +91,7 @@ def loop_reference(anchors, pred_boxes, cls_logits, obj_logits, gt_boxes, gt_cla
     return result
 
 
-@pytest.mark.parametrize("num_gt", [0, 1, 3, 40, 300])
+@pytest.mark.parametrize("num_gt", [0, 1, 3, 40, 200])
 @pytest.mark.parametrize("strides", [(8, 16, 32), (4, 8, 16, 32)])
 def test_sparse_equals_dense_on_random_scenes(num_gt, strides):
     for seed in range(3):

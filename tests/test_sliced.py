@@ -150,3 +150,38 @@ def test_real_detector_through_the_slicer():
     boxes = result.pred_boxes.tensor
     assert len(result) <= 50 and torch.isfinite(boxes).all()
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 420).all() and (boxes[:, 3] <= 300).all()
+
+
+def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "tools"))
+    spec = importlib.util.spec_from_file_location("sarl_predict", repo / "tools" / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "big.png"), np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "small.png"), np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"not a png")
+    status = predict.main([
+        "--config-file", str(repo / "configs" / "demo" / "sarl_yolox_synthetic.yaml"), "--input", str(images),
+        "--output", str(tmp_path / "out"), "--slice", "96", "--overlap", "0.2", "--batch", "2", "--vis-score", "0.0",
+        "MODEL.CSPDARKNET.WIDTH_MULTIPLIER", "0.125", "MODEL.SARL.FUSED", "False", "INPUT.YOLO.IMG_SIZE", "64",
+        "MODEL.YOLO.SCORE_THRESH_TEST", "0.005", "TEST.DETECTIONS_PER_IMAGE", "20",
+    ])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "2 images predicted, 1 unreadable skipped" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["image_id"] for r in results} <= {"big.png", "small.png"}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        assert w >= 0 and h >= 0 and 0 <= r["score"] <= 1
+    assert sorted(p.name for p in (tmp_path / "out" / "vis").iterdir()) == ["big.jpg", "small.jpg"]
+    assert predict.main(["--config-file", "x.yaml", "--input", str(tmp_path / "nothing*.png")]) == 2

@@ -9,7 +9,7 @@ in a YOLOX-s training step.
    every allocation/free of the CPU allocator with its size and time stamp; the running sum's
    maximum is the peak above what existed before the call). Python objects are not counted.
 2. Training step: YOLOX-s (depth 0.33, width 0.5, 8 classes) at 640x640, batch 2, 60 tiny GTs per
-   image, forward + backward + SGD step, with SARL+SAL on vs off (same weights where shared).
+   image, forward + backward + SGD step, with SARL+SAL on vs off, timed interleaved (off, on, off, ...).
 
 Ratios (dense/sparse time and memory, step on/off) are taken within the same run.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from typing import Callable, Dict, List
 
 import torch
@@ -113,7 +114,6 @@ def _yolox_s_cfg(sarl_and_sal: bool):
 def _bench_train_step(device: str, quick: bool, repeats: int) -> Dict[str, object]:
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
-    from detectron2.utils.events import EventStorage
 
     import sarl.modeling  # noqa: F401
 
@@ -129,25 +129,38 @@ def _bench_train_step(device: str, quick: bool, repeats: int) -> Dict[str, objec
         batch.append({"image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=gen),
                       "instances": inst})
     result: Dict[str, object] = {"image_size": size, "batch": 2, "gts_per_image": per_image}
+    steps = {}
     for label, enabled in (("off", False), ("on", True)):
         cfg = _yolox_s_cfg(enabled)
         cfg.MODEL.DEVICE = device
         torch.manual_seed(0)
         model = build_model(cfg).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-        def step() -> None:
-            with EventStorage(0):
-                losses = model(batch)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-
-        timing = time_fn(step, device, warmup=1, repeats=2 if quick else repeats)
-        result[f"step_ms_sarl_sal_{label}"] = timing["median_ms"]
+        steps[label] = _train_step_fn(model, optimizer, batch)
         result[f"params_sarl_sal_{label}"] = sum(p.numel() for p in model.parameters())
+    # Interleaved (off, on, off, on, ...): a shared machine's load drifts over minutes, and
+    # timing one model after the other would fold that drift into the ratio.
+    times: Dict[str, List[float]] = {"off": [], "on": []}
+    for _ in range(2 if quick else repeats):
+        for label in ("off", "on"):
+            times[label].append(time_fn(steps[label], device, warmup=0 if times[label] else 1, repeats=1)["median_ms"])
+    for label in ("off", "on"):
+        result[f"step_ms_sarl_sal_{label}"] = statistics.median(times[label])
     result["step_ratio_on_off"] = result["step_ms_sarl_sal_on"] / result["step_ms_sarl_sal_off"]
     return result
+
+
+def _train_step_fn(model, optimizer, batch) -> Callable[[], None]:
+    from detectron2.utils.events import EventStorage
+
+    def step() -> None:
+        with EventStorage(0):
+            losses = model(batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
 
 
 def run(device: str, args: argparse.Namespace) -> Dict[str, object]:

@@ -152,8 +152,11 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.YOLO.MIN_LR_RATIO = 0.05
     cfg.SOLVER.YOLO.NO_AUG_EPOCHS = 15
     cfg.SOLVER.YOLO.EPOCHS = 300
-    # Iterations per epoch; 0 = len(dataset) // IMS_PER_BATCH.
+    # Iterations per epoch; 0 = len(dataset) // IMS_PER_BATCH. EPOCHS * ITERS_PER_EPOCH replaces
+    # SOLVER.MAX_ITER (EPOCHS <= 0: SOLVER.MAX_ITER is kept and the epochs follow from it).
     cfg.SOLVER.YOLO.ITERS_PER_EPOCH = 0
+    # Convert every BatchNorm to SyncBatchNorm when training on several CUDA processes.
+    cfg.SOLVER.YOLO.SYNC_BN = False
     cfg.SOLVER.EMA = CN()
     cfg.SOLVER.EMA.ENABLED = True
     cfg.SOLVER.EMA.DECAY = 0.9998

@@ -255,8 +255,8 @@ class YOLOTrainer(DefaultTrainer):
         from detectron2.modeling import build_model
 
         model = build_model(cfg)
-        if cfg.SOLVER.YOLO.get("SYNC_BN", False) and comm.get_world_size() > 1:
-            if model.device.type == "cuda" if hasattr(model, "device") else torch.cuda.is_available():
+        if cfg.SOLVER.YOLO.SYNC_BN and comm.get_world_size() > 1:
+            if next(model.parameters()).device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 logger.info("Converted BatchNorm layers to SyncBatchNorm")
             else:
