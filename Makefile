@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 .PHONY: env build test test-fast cuda-check demo bench clean
 
 env:
-	bash scripts/setup_env.sh
+	SARL_VENV=$(VENV) bash scripts/setup_env.sh
 
 build: env
 

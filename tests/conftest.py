@@ -29,6 +29,25 @@ def _fixed_seeds():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _isolated_loggers():
+    """Tests that run tools in-process call detectron2's ``setup_logger``, which gives the "sarl",
+    "detectron2" and "fvcore" loggers handlers bound to that test's captured stdout and stops their
+    propagation. Restore them after each test, so later tests' ``caplog`` sees their records and no
+    handler writes to a closed stream."""
+    import logging
+
+    names = ("sarl", "detectron2", "fvcore", "d2")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate,
+                 logging.getLogger(n).level) for n in names}
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
@@ -42,3 +61,14 @@ def kit_ais_dir(shared_data_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: the models and tensors in these tests are tiny, where a
+    second OpenMP thread gains nothing and, on a busy 2-core machine, makes kernels up to 10x slower.
+    Use per file as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

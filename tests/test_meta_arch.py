@@ -16,13 +16,7 @@ from sarl.modeling.meta_arch import YOLODetector, check_losses_finite
 IMG = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a loaded 2-core machine make small convolutions many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(config="configs/demo/sarl_yolox_synthetic.yaml", sarl=True, sal=True, img=IMG):

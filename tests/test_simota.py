@@ -17,13 +17,7 @@ from sarl.modeling.assigners.simota import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a loaded 2-core machine make small kernels many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_scene(num_gt: int, height: int = 256, width: int = 256, strides=(8, 16, 32), num_classes: int = 5,

@@ -16,12 +16,7 @@ from torchvision.ops import box_iou
 from sarl.inference import SlicedPredictor, drop_cut_boxes, tile_grid, tile_starts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class BlobDetector:

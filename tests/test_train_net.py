@@ -63,14 +63,6 @@ def tiny_datasets(tmp_path_factory):
     register_all_aerial()
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------ user errors
 def test_wrong_config_key_is_one_line(capsys):
     train_net = _load_train_net()

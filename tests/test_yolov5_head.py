@@ -18,14 +18,7 @@ from sarl.modeling.heads.yolov5_head import YOLOv5Head, paired_iou
 IMG = 64  # tiny inputs: P3 8x8, P4 4x4, P5 2x2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These shapes are tiny: one thread is as fast alone, and 10x faster than two on a busy
-    2-core machine (OpenMP threads spin against other processes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(*, sal: bool = True, sarl: bool = True, num_classes: int = 3, p2: bool = False):

@@ -20,13 +20,7 @@ STRIDES = (8, 16, 32)
 CHANNELS = (16, 32, 64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a loaded 2-core machine make small convolutions many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_cfg(**overrides):

@@ -24,6 +24,15 @@
 #include "sal/sal_common.h"
 #include "sal/sal_math.h"
 
+// The hot loops are also compiled for AVX2 (8 floats per vector instead of SSE2's 4) and picked
+// at load time by the CPU (GCC function multiversioning through an ifunc). Only "avx2", not
+// "fma": contracting a * b + c would change the rounding, and results must not depend on the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SARL_SAL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SARL_SAL_CPU_CLONES
+#endif
+
 namespace sarl {
 namespace sal {
 namespace {
@@ -40,6 +49,41 @@ struct Ranges {
   std::vector<T> lo, hi;
 };
 
+// Min and max of the target areas of boxes [begin, end): per-lane accumulators over blocks of
+// kLanes boxes, so the loop vectorises (a single running min/max is a serial dependency chain).
+// A NaN area never replaces an accumulator (non-finite targets are rejected by the loss pass).
+template <BoxFormat kFmt, typename T>
+SARL_SAL_CPU_CLONES void area_minmax(const T* tgt, int64_t begin, int64_t end, T& lo_out, T& hi_out) {
+  constexpr int kLanes = 16;
+  alignas(64) T lo[kLanes], hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    lo[j] = std::numeric_limits<T>::infinity();
+    hi[j] = -std::numeric_limits<T>::infinity();
+  }
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    const T* q = tgt + 4 * i;
+    for (int j = 0; j < kLanes; ++j) {
+      const Box<T> c = corners<kFmt>(Box<T>{q[4 * j], q[4 * j + 1], q[4 * j + 2], q[4 * j + 3]});
+      const T a = clamp_min0(c.x2 - c.x1) * clamp_min0(c.y2 - c.y1);
+      lo[j] = a < lo[j] ? a : lo[j];
+      hi[j] = a > hi[j] ? a : hi[j];
+    }
+  }
+  for (; i < end; ++i) {
+    const T a = box_area<kFmt>(tgt + 4 * i);
+    lo[0] = a < lo[0] ? a : lo[0];
+    hi[0] = a > hi[0] ? a : hi[0];
+  }
+  T l = lo[0], h = hi[0];
+  for (int j = 1; j < kLanes; ++j) {
+    l = lo[j] < l ? lo[j] : l;
+    h = hi[j] > h ? hi[j] : h;
+  }
+  lo_out = l;
+  hi_out = h;
+}
+
 template <typename T>
 Ranges<T> area_ranges(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, const int64_t* bidx,
                       double area_lo, double area_hi) {
@@ -55,15 +99,12 @@ Ranges<T> area_ranges(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, co
     std::vector<T> lo(nc, std::numeric_limits<T>::infinity()), hi(nc, -std::numeric_limits<T>::infinity());
     at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c) {
-        T l = std::numeric_limits<T>::infinity(), h = -l;
         const int64_t end = std::min(n, (c + 1) * kChunk);
-        for (int64_t i = c * kChunk; i < end; ++i) {
-          const T a = box_area(tgt + 4 * i, fmt);
-          l = a < l ? a : l;
-          h = a > h ? a : h;
+        if (fmt == BoxFormat::kXYXY) {
+          area_minmax<BoxFormat::kXYXY>(tgt, c * kChunk, end, lo[c], hi[c]);
+        } else {
+          area_minmax<BoxFormat::kCXCYWH>(tgt, c * kChunk, end, lo[c], hi[c]);
         }
-        lo[c] = l;
-        hi[c] = h;
       }
     });
     r.lo.assign(1, n ? *std::min_element(lo.begin(), lo.end()) : T(0));
@@ -148,7 +189,7 @@ inline void block_weights(const T (&Q)[4][kBlock], int m, int64_t b0, Normalize 
 // The loss pass over boxes [begin, end): returns the chunk's loss sum (reduction != "none") and
 // sets *first_bad to the first row with a non-finite target (or leaves it).
 template <LossType kType, BoxFormat kFmt, bool kGrad, typename T>
-double loss_chunk(const LossArgs<T>& a, int64_t begin, int64_t end, int64_t* first_bad) {
+SARL_SAL_CPU_CLONES double loss_chunk(const LossArgs<T>& a, int64_t begin, int64_t end, int64_t* first_bad) {
   alignas(64) T P[4][kBlock], Q[4][kBlock], G[4][kBlock], W[kBlock], F[kBlock], L[kBlock];
   double acc = 0;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
