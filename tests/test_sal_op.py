@@ -274,6 +274,22 @@ def test_only_pred_gets_a_gradient_and_backward_repeats():
     assert t.grad is None and w.grad is None
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_repeated_backward_accumulates(reduction):
+    # grad_output is 1 here: a backward that hands out the gradient saved by the forward (instead of a fresh
+    # tensor) lets autograd accumulate into it in place, which the second pass then reports or gets wrong.
+    pred, target = adversarial_pairs(torch.float32)
+    p = pred.clone().requires_grad_(True)
+    loss = scale_adaptive_iou_loss(p, target, reduction=reduction)
+    if reduction == "none":
+        loss = loss.sum()
+    loss.backward(retain_graph=True)
+    first = p.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(p.grad, 3 * first)
+
+
 def test_module_wrapper():
     pred, target = adversarial_pairs(torch.float32)
     bi = torch.arange(pred.shape[0]) % 2

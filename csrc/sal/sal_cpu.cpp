@@ -24,15 +24,6 @@
 #include "sal/sal_common.h"
 #include "sal/sal_math.h"
 
-// The hot loops are also compiled for AVX2 (8 floats per vector instead of SSE2's 4) and picked
-// at load time by the CPU (GCC function multiversioning through an ifunc). Only "avx2", not
-// "fma": contracting a * b + c would change the rounding, and results must not depend on the CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define SARL_SAL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SARL_SAL_CPU_CLONES
-#endif
-
 namespace sarl {
 namespace sal {
 namespace {
@@ -53,7 +44,7 @@ struct Ranges {
 // kLanes boxes, so the loop vectorises (a single running min/max is a serial dependency chain).
 // A NaN area never replaces an accumulator (non-finite targets are rejected by the loss pass).
 template <BoxFormat kFmt, typename T>
-SARL_SAL_CPU_CLONES void area_minmax(const T* tgt, int64_t begin, int64_t end, T& lo_out, T& hi_out) {
+void area_minmax(const T* tgt, int64_t begin, int64_t end, T& lo_out, T& hi_out) {
   constexpr int kLanes = 16;
   alignas(64) T lo[kLanes], hi[kLanes];
   for (int j = 0; j < kLanes; ++j) {
@@ -189,7 +180,7 @@ inline void block_weights(const T (&Q)[4][kBlock], int m, int64_t b0, Normalize 
 // The loss pass over boxes [begin, end): returns the chunk's loss sum (reduction != "none") and
 // sets *first_bad to the first row with a non-finite target (or leaves it).
 template <LossType kType, BoxFormat kFmt, bool kGrad, typename T>
-SARL_SAL_CPU_CLONES double loss_chunk(const LossArgs<T>& a, int64_t begin, int64_t end, int64_t* first_bad) {
+double loss_chunk(const LossArgs<T>& a, int64_t begin, int64_t end, int64_t* first_bad) {
   alignas(64) T P[4][kBlock], Q[4][kBlock], G[4][kBlock], W[kBlock], F[kBlock], L[kBlock];
   double acc = 0;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {

@@ -50,22 +50,9 @@ def _sal_loss_backward(ctx, grad_loss, _grad_of_grad_pred):
     (grad_pred,) = ctx.saved_tensors
     if ctx.reduction == "none":
         grad_input = grad_pred * grad_loss.unsqueeze(-1)
-    elif _is_eager_cpu_one(grad_loss):
-        # loss.backward() on the loss itself: the saved gradient is the answer, so skip a pass that
-        # reads and writes N x 16 bytes. Autograd does not modify gradients it is handed: it
-        # accumulates into .grad out of place, or steals the tensor only when nothing else holds it
-        # (with retain_graph=True the saved copy is still held, so it is cloned).
-        grad_input = grad_pred
     else:
         grad_input = grad_pred * grad_loss
     return (grad_input,) + (None,) * 12
-
-
-def _is_eager_cpu_one(t: torch.Tensor) -> bool:
-    """True for a plain (not traced, not fake) CPU scalar tensor equal to 1, read without a device sync."""
-    return (type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1 and not t.requires_grad
-            and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._functorch.is_functorch_wrapped_tensor(t) and t.item() == 1)
 
 
 def _register_python_side() -> None:
