@@ -71,5 +71,26 @@ inline Normalize check_weight_args(const at::Tensor& target, const c10::optional
   return norm;
 }
 
+// Checks of sal_loss's pred/target pair and optional per-box weight, shared by the CPU and CUDA
+// launchers (call after check_boxes(pred) and check_weight_args(target, ...)).
+inline void check_loss_args(const at::Tensor& pred, const at::Tensor& target,
+                            const c10::optional<at::Tensor>& weight) {
+  TORCH_CHECK_VALUE(pred.size(0) == target.size(0), "pred and target must have the same N, got ",
+                    pred.size(0), " and ", target.size(0));
+  TORCH_CHECK_TYPE(pred.scalar_type() == target.scalar_type(), "pred and target must have the same dtype, got ",
+                   pred.scalar_type(), " and ", target.scalar_type());
+  TORCH_CHECK_VALUE(pred.device() == target.device(), "pred and target must be on the same device, got ",
+                    pred.device(), " and ", target.device());
+  if (weight.has_value()) {
+    const int64_t n = pred.size(0);
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == n, "weight must have shape [N] = [", n,
+                      "], got ", weight->sizes());
+    TORCH_CHECK_TYPE(weight->scalar_type() == pred.scalar_type(), "weight must have the dtype of pred (",
+                     pred.scalar_type(), "), got ", weight->scalar_type());
+    TORCH_CHECK_VALUE(weight->device() == pred.device(), "weight must be on the device of pred (",
+                      pred.device(), "), got ", weight->device());
+  }
+}
+
 }  // namespace sal
 }  // namespace sarl

@@ -289,20 +289,11 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
     double eps, bool compute_grad) {
   check_boxes(pred_in, "pred");
   const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
-  TORCH_CHECK_VALUE(pred_in.size(0) == target_in.size(0), "pred and target must have the same N, got ",
-                    pred_in.size(0), " and ", target_in.size(0));
-  TORCH_CHECK_TYPE(pred_in.scalar_type() == target_in.scalar_type(), "pred and target must have the same dtype, got ",
-                   pred_in.scalar_type(), " and ", target_in.scalar_type());
+  check_loss_args(pred_in, target_in, weight);
   const BoxFormat fmt = parse_box_format(box_format);
   const LossType type = parse_loss_type(loss_type);
   const Reduction red = parse_reduction(reduction);
   const int64_t n = pred_in.size(0);
-  if (weight.has_value()) {
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == n, "weight must have shape [N] = [", n,
-                      "], got ", weight->sizes());
-    TORCH_CHECK_TYPE(weight->scalar_type() == pred_in.scalar_type(), "weight must have the dtype of pred (",
-                     pred_in.scalar_type(), "), got ", weight->scalar_type());
-  }
   const at::Tensor pred = pred_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const at::Tensor weight_t = weight.has_value() ? weight->contiguous() : at::Tensor();

@@ -236,21 +236,11 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
     double eps, bool compute_grad) {
   check_boxes(pred_in, "pred");
   const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
-  TORCH_CHECK_VALUE(pred_in.size(0) == target_in.size(0), "pred and target must have the same N, got ",
-                    pred_in.size(0), " and ", target_in.size(0));
-  TORCH_CHECK_TYPE(pred_in.scalar_type() == target_in.scalar_type(), "pred and target must have the same dtype");
-  TORCH_CHECK_VALUE(pred_in.device() == target_in.device(), "pred and target must be on the same device, got ",
-                    pred_in.device(), " and ", target_in.device());
+  check_loss_args(pred_in, target_in, weight);
   const BoxFormat fmt = parse_box_format(box_format);
   const LossType type = parse_loss_type(loss_type);
   const Reduction red = parse_reduction(reduction);
   const int64_t n = pred_in.size(0);
-  if (weight.has_value()) {
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == n, "weight must have shape [N] = [", n,
-                      "], got ", weight->sizes());
-    TORCH_CHECK_TYPE(weight->scalar_type() == pred_in.scalar_type(), "weight must have the dtype of pred");
-    TORCH_CHECK_VALUE(weight->device() == pred_in.device(), "weight must be on the device of pred");
-  }
   c10::cuda::CUDAGuard guard(pred_in.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor pred = pred_in.contiguous();
