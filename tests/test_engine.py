@@ -137,6 +137,29 @@ def test_resumable_sampler_continues_the_stream(size, start, seed):
     assert sorted(full[:size]) == list(range(size))  # each pass is a permutation
 
 
+@settings(max_examples=10, deadline=None)
+@given(size=st.integers(1, 13), start=st.integers(0, 40), world=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_sampler_stream_keys_carry_global_positions(size, start, world, seed):
+    """With positions on, each key decodes to (global position, index): the indices are the plain sampler's, the
+    positions are this rank's slots of the one stream (rank + k * world), also after a resume."""
+    from sarl.data.samplers import StreamRecords, decode_stream_key
+
+    for rank in range(world):
+        plain = ResumableTrainingSampler(size, seed=seed, start_index=start)
+        keyed = ResumableTrainingSampler(size, seed=seed, start_index=start, with_positions=True)
+        for sampler in (plain, keyed):
+            sampler._rank, sampler._world_size = rank, world  # as detectron2 sets them from comm under DDP
+        indices = list(itertools.islice(iter(plain), 6))
+        decoded = [decode_stream_key(k, size) for k in itertools.islice(iter(keyed), 6)]
+        assert [index for _, index in decoded] == indices
+        assert [position for position, _ in decoded] == [rank + (start + k) * world for k in range(6)]
+    records = StreamRecords([{"file_name": f"{i}.png"} for i in range(size)], seed=seed)
+    position, index = decoded[-1]
+    item = records[position * size + index]
+    assert item == {"file_name": f"{index}.png", "sample_seed": (seed, position)}
+    assert len(records) == size and "sample_seed" not in records._records[index]  # records are copied
+
+
 # ------------------------------------------------------------------ no-aug hook
 class _CountingTrainer(TrainerBase):
     def run_step(self):

@@ -269,6 +269,39 @@ def test_loaders_and_no_aug_switch_reach_worker_processes(tmp_path):
         MetadataCatalog.remove(name)
 
 
+def test_augmentation_follows_the_stream_position_not_the_process(tmp_path):
+    """With the trainer's sampler (stream keys), sample p of the stream is augmented identically when the loader
+    starts at p (a resume) and whatever the number of workers; the augmentation is random (mosaics differ)."""
+    from sarl.data.samplers import ResumableTrainingSampler
+
+    dicts = _write_scenes(tmp_path, count=6)
+    cfg = _cfg(MIXUP_PROB=0.5)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+
+    def samples(start: int, workers: int, count: int):
+        cfg.DATALOADER.NUM_WORKERS = workers
+        sampler = ResumableTrainingSampler(len(dicts), seed=5, start_index=start, with_positions=True)
+        loader = build_yolo_train_loader(cfg, dataset=[dict(d) for d in dicts], sampler=sampler)
+        out, iterator = [], iter(loader)
+        while len(out) < count:
+            out += next(iterator)
+        del iterator
+        return out[:count]
+
+    full = samples(0, 0, 8)
+    resumed = samples(4, 0, 4)
+    with_workers = samples(0, 2, 8)
+    for a, b in zip(full[4:], resumed):
+        assert a["file_name"] == b["file_name"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
+    for a, b in zip(full, with_workers):
+        assert torch.equal(a["image"], b["image"])
+    assert not torch.equal(full[0]["image"], full[1]["image"])
+    # Without stream keys (a plain index), the mapper falls back to its per-process stream: still valid output.
+    mapper = YOLOMapper(cfg, True, dicts)
+    assert mapper(dict(dicts[0]))["image"].shape == (3, 320, 320)
+
+
 def _draw(output, path: Path) -> np.ndarray:
     image = np.ascontiguousarray(_bgr(output))
     for x1, y1, x2, y2 in output["instances"].gt_boxes.tensor.numpy():

@@ -196,8 +196,48 @@ def test_resume_after_sigkill_restores_every_state(tiny_datasets, tmp_path, one_
     assert final["trainer"]["hooks"]["NoAugHook"] == {"active": True}
 
 
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_datasets, tmp_path, one_thread):
+    """Exact continuation: a run resumed from its iteration-2 checkpoint (mosaic still on, no-aug phase ahead)
+    ends with the same weights, EMA and momentum, bit for bit, as the run that was never stopped. This needs the
+    data order, every augmentation draw, the schedule, the EMA and the no-aug switch to continue exactly."""
+    import shutil
+
+    from sarl.engine import YOLOTrainer
+
+    train_net = _load_train_net()
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    # 10 iterations: checkpoints after iterations 2, 5, 8; no-aug from iteration 6.
+    opts = _tiny_opts(str(full_dir), iters_per_epoch=2, epochs=5, no_aug_epochs=2, checkpoint_period=3)
+    trainer = YOLOTrainer(train_net.load_config(CONFIG, opts))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+
+    resumed_dir.mkdir()
+    shutil.copy(full_dir / "model_0000002.pth", resumed_dir / "model_0000002.pth")
+    (resumed_dir / "last_checkpoint").write_text("model_0000002.pth")
+    opts[opts.index("OUTPUT_DIR") + 1] = str(resumed_dir)
+    trainer = YOLOTrainer(train_net.load_config(CONFIG, opts))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 3
+    trainer.train()
+
+    full = torch.load(full_dir / "model_final.pth", weights_only=False)
+    resumed = torch.load(resumed_dir / "model_final.pth", weights_only=False)
+    assert resumed["iteration"] == full["iteration"] == 9
+    start = torch.load(full_dir / "model_0000002.pth", weights_only=False)
+    assert any(not torch.equal(start["model"][k], v) for k, v in full["model"].items())  # training moved on
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    for k, v in full["ema"]["state"].items():
+        assert torch.equal(v, resumed["ema"]["state"][k]), k
+    for pid, s in full["trainer"]["_trainer"]["optimizer"]["state"].items():
+        assert torch.equal(s["momentum_buffer"], resumed["trainer"]["_trainer"]["optimizer"]["state"][pid]["momentum_buffer"])
+
+
 # ------------------------------------------------------------------ ablation tool (grid, resumability, tables)
-def test_ablation_grid_tables_and_resume(tmp_path):
+def test_ablation_grid_tables_and_resume(tmp_path, capsys):
+    import json
+
     spec = importlib.util.spec_from_file_location("sarl_ablation", REPO / "tools" / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
@@ -206,24 +246,33 @@ def test_ablation_grid_tables_and_resume(tmp_path):
     assert len(cells) == 10  # 4 + 4 SARL/SAL cells, 2 extra beta cells for YOLOX
     assert {(c["sarl"], c["sal"]) for c in cells if c["detector"] == "yolov5"} == {
         (False, False), (True, False), (False, True), (True, True)}
-    opts = ablation.cell_overrides(cells[1], args)
-    assert opts[opts.index("MODEL.SARL.ENABLED") + 1] == "True" and opts[opts.index("SEED") + 1] == "0"
-    # A finished cell (result.json present) is not trained again.
-    results = []
+    opts = ablation.cell_overrides(cells[1], args, seed=3)
+    assert opts[opts.index("MODEL.SARL.ENABLED") + 1] == "True" and opts[opts.index("SEED") + 1] == "3"
+    # Finished runs (result.json present) are not trained again: main() only reads them, with two jobs at once.
+    # Cell i scores AP i with seed 0 and i + 2 with seed 1, so the table shows the mean i + 1 and a spread of 2.
     for i, cell in enumerate(cells):
-        out = tmp_path / cell["detector"] / cell["cell"]
-        out.mkdir(parents=True)
-        metrics = {k: float(i) for k in ablation.SUMMARY_KEYS}
-        metrics["AP-vehicle"] = 2.0 * i
-        (out / "result.json").write_text(__import__("json").dumps(dict(cell, metrics=metrics)))
-        results.append(ablation.run_cell(cell, args))
-    assert [r["metrics"]["AP"] for r in results] == [float(i) for i in range(10)]
-    table = ablation.markdown_tables(results, args)
+        for seed in (0, 1):
+            out = tmp_path / cell["detector"] / cell["cell"] / f"seed{seed}"
+            out.mkdir(parents=True)
+            metrics = {k: float(i + 2 * seed) for k in ablation.SUMMARY_KEYS}
+            metrics["AP-vehicle"] = 2.0 * i
+            (out / "result.json").write_text(json.dumps(dict(cell, seed=seed, metrics=metrics)))
+    assert ablation.main(["--output", str(tmp_path), "--seeds", "0,1", "--jobs", "2"]) == 0
+    table = (tmp_path / "ablation.md").read_text()
     assert "Tables V/VI" in table and "Table VII" in table and "1/ln 2" in table and "vehicle" in table
-    assert "| ✓ | ✓ | ✓ | 3.0 |" in table  # YOLOX + SARL + SAL row, AP column
-    assert (tmp_path / "chart.png").exists() is False
-    ablation.bar_chart(results, str(tmp_path / "chart.png"))
-    assert (tmp_path / "chart.png").stat().st_size > 1000
+    assert "seeds 0, 1" in table and "AP spread" in table
+    assert "| ✓ | ✓ | ✓ | 4.0 | 2.0 |" in table  # YOLOX + SARL + SAL row (cell 3): mean AP, spread
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(report["runs"]) == 20 and report["cells"][3]["ap_per_seed"] == [3.0, 5.0]
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+    # One seed: no spread column; the dry run prints each run's command with its own seed and folder.
+    assert ablation.main(["--output", str(tmp_path), "--seeds", "1", "--only", "baseline"]) == 0
+    assert "AP spread" not in (tmp_path / "ablation.md").read_text()
+    capsys.readouterr()
+    assert ablation.main(["--output", str(tmp_path / "new"), "--seeds", "7", "--only", "sal", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "SEED 7" in printed and str(tmp_path / "new" / "yolov5" / "sal" / "seed7") in printed
+    assert ablation.main(["--output", str(tmp_path), "--seeds", "x"]) == 2
     metrics_json = tmp_path / "metrics.json"
     metrics_json.write_text('{"iteration": 3, "total_loss": 1.0}\n{"iteration": 5, "bbox/AP": 7.5, "bbox/AP50": 9}\n')
     assert ablation.final_metrics(str(metrics_json)) == {"AP": 7.5, "AP50": 9}

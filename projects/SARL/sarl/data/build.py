@@ -14,6 +14,7 @@ from detectron2.data import (
 from detectron2.data.samplers import TrainingSampler
 
 from .mapper import YOLOMapper
+from .samplers import StreamRecords
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ def build_yolo_train_loader(
         dataset: dataset dicts; default detectron2's ``get_detection_dataset_dicts(cfg.DATASETS.TRAIN)``
             (``cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS`` applies).
         sampler: default detectron2's ``TrainingSampler`` (infinite shuffled stream, seeded with ``cfg.SEED`` when
-            >= 0, sharded by rank under DDP); the trainer passes its resumable one.
+            >= 0, sharded by rank under DDP); the trainer passes its resumable one. A sampler with
+            ``with_positions`` set (``sarl.data.samplers``) yields stream keys: the records are then wrapped in
+            :class:`~sarl.data.samplers.StreamRecords` and every sample's augmentation is seeded by its position.
     Batches: lists of ``cfg.SOLVER.IMS_PER_BATCH / world_size`` mapped dicts. The mapper is kept as
     ``loader.yolo_mapper`` so the no-aug hook can call ``loader.yolo_mapper.set_augmentation(False)``.
     """
@@ -42,8 +45,9 @@ def build_yolo_train_loader(
         mapper = YOLOMapper(cfg, is_train=True, dataset_dicts=dataset)
     if sampler is None:
         sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
+    records = StreamRecords(dataset, sampler.seed) if getattr(sampler, "with_positions", False) else dataset
     loader = build_detection_train_loader(
-        dataset,
+        records,
         mapper=mapper,
         sampler=sampler,
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,

@@ -17,6 +17,11 @@ What the trainer must do: keep the mapper it gave to ``build_yolo_train_loader``
 and call ``mapper.set_augmentation(False)`` at the no-aug epoch; batches already prefetched by the workers
 (``num_workers * prefetch_factor``) still carry the old augmentation.
 
+Randomness: a record carrying ``"sample_seed"`` (the trainer's loader adds it: ``sarl.data.samplers``) is augmented
+from a generator seeded with it alone, so the same sample of the stream gets the same augmentation whatever the
+number of workers and after a resume. Records without it draw from one stream per process (``INPUT.YOLO.SEED``, or
+the torch seed of the process/worker).
+
 Unreadable images: a warning names the file, ``num_unreadable`` counts it (shared by all worker processes), and
 another sample is drawn (train). At test time an unreadable image is an error naming the file.
 """
@@ -149,6 +154,13 @@ class YOLOMapper:
             self._rng_owner = owner
         return self._rng
 
+    def sample_rng(self, dataset_dict: Dict[str, Any]) -> np.random.Generator:
+        """The generator for one training sample: seeded by its ``sample_seed`` when it has one."""
+        sample_seed = dataset_dict.get("sample_seed")
+        if sample_seed is None:
+            return self.rng
+        return np.random.default_rng([int(v) for v in sample_seed])
+
     def reseed(self, seed: int) -> None:
         """Restart the stream of this process from ``seed`` (tests, visual checks)."""
         self.seed = int(seed)
@@ -181,10 +193,12 @@ class YOLOMapper:
         boxes = T.clip_boxes(boxes, width, height)
         return image, boxes, classes
 
-    def _read_random(self) -> Tuple[Dict[str, Any], Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _read_random(
+        self, rng: np.random.Generator
+    ) -> Tuple[Dict[str, Any], Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """A random readable record from ``dataset_dicts`` and its loaded image and targets."""
         for _ in range(_MAX_CONSECUTIVE_UNREADABLE):
-            record = self.dataset_dicts[int(self.rng.integers(len(self.dataset_dicts)))]
+            record = self.dataset_dicts[int(rng.integers(len(self.dataset_dicts)))]
             loaded = self._read(record)
             if loaded is not None:
                 return record, loaded
@@ -195,14 +209,17 @@ class YOLOMapper:
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         loaded = self._read(dataset_dict)
-        if loaded is None:
-            if not self.is_train:
+        if not self.is_train:
+            if loaded is None:
                 raise OSError(f"YOLOMapper: cannot read image {dataset_dict['file_name']}")
+            return self._map_test(dataset_dict, loaded)
+        rng = self.sample_rng(dataset_dict)
+        if loaded is None:
             if not self.dataset_dicts:
                 return None  # detectron2's MapDataset retries with another index
             # The output then describes the substitute (its file_name, image_id), not the unreadable file.
-            return self._map_train(*self._read_random())
-        return self._map_train(dataset_dict, loaded) if self.is_train else self._map_test(dataset_dict, loaded)
+            return self._map_train(*self._read_random(rng), rng)
+        return self._map_train(dataset_dict, loaded, rng)
 
     def _map_test(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray]):
         image, boxes, classes = loaded
@@ -211,13 +228,13 @@ class YOLOMapper:
         boxes = T.letterbox_boxes(boxes, scale, pad_x, pad_y)
         return self._output(dataset_dict, out_image, boxes if with_targets else None, classes, (scale, pad_x, pad_y))
 
-    def _map_train(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray]):
-        rng = self.rng
+    def _map_train(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray],
+                   rng: np.random.Generator):
         image, boxes, classes = loaded
         size = self.img_size
         strong = self.augmentation_enabled
         if strong and rng.uniform() < self.mosaic_prob:
-            partners = [self._read_random()[1] for _ in range(3)]
+            partners = [self._read_random(rng)[1] for _ in range(3)]
             images = [image] + [p[0] for p in partners]
             canvas, boxes, classes = T.mosaic(images, [boxes] + [p[1] for p in partners],
                                               [classes] + [p[2] for p in partners], size, rng)
@@ -227,7 +244,7 @@ class YOLOMapper:
                 min_visible=self.min_visible)
             letterbox_params = (1.0, 0.0, 0.0)
             if rng.uniform() < self.mixup_prob:
-                other_image, other_boxes, other_classes = self._read_random()[1]
+                other_image, other_boxes, other_classes = self._read_random(rng)[1]
                 image, boxes, classes = T.mixup(
                     image, boxes, classes, other_image, other_boxes, other_classes, rng,
                     scale_range=self.mixup_scale, min_size=self.min_box_size, min_visible=self.min_visible)

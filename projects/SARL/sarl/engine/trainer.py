@@ -13,7 +13,8 @@ What it adds to ``DefaultTrainer`` (each piece selected by ``SOLVER.YOLO.*`` / `
 - AMP on CUDA (``SOLVER.AMP.ENABLED``), gradient clipping (``SOLVER.CLIP_GRADIENTS``, after AMP unscaling),
   SyncBN (``SOLVER.YOLO.SYNC_BN``) when training on several CUDA processes;
 - exact resume: iteration, model, optimizer, EMA, scheduler, no-aug state, grad scaler and the data order
-  (the sampler's seed and position are saved; the resumed loader skips the samples already drawn).
+  (the sampler's seed and position are saved; the resumed loader skips the samples already drawn, and each
+  sample's augmentation is seeded by its stream position, so the resumed run sees the same augmented samples).
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-import sarl.data  # noqa: F401  (registers the project's datasets)
 import sarl.modeling  # noqa: F401  (registers YOLODetector, backbones, heads)
 
+from sarl.data import YOLOMapper, build_yolo_test_loader, build_yolo_train_loader  # (registers the datasets)
+from sarl.data.samplers import ResumableTrainingSampler
+
 from .hooks import EMAHook, ModelEMA, NoAugHook, unwrap_model
-from .sampler import ResumableTrainingSampler
 from .schedule import EpochPlan, YOLOXWarmCosineMultiplier, build_yolo_sgd
 
 logger = logging.getLogger(__name__)
@@ -166,24 +168,6 @@ def plan_epochs(cfg, dataset_size: Optional[int] = None) -> EpochPlan:
     return EpochPlan.from_iters(ipe, int(cfg.SOLVER.MAX_ITER), y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)
 
 
-def _yolo_train_loader(cfg, mapper, dataset, sampler):
-    """The data package's loader when it takes our sampler, else detectron2's with the YOLO mapper."""
-    try:
-        from sarl.data import build_yolo_train_loader
-    except ImportError:
-        build_yolo_train_loader = None
-    if build_yolo_train_loader is not None:
-        import inspect
-
-        if "sampler" in inspect.signature(build_yolo_train_loader).parameters:
-            return build_yolo_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
-    # As sarl.data.build_yolo_train_loader, with our sampler. Square letterboxed outputs: aspect-ratio
-    # grouping would only reorder the stream.
-    return build_detection_train_loader(dataset, mapper=mapper, sampler=sampler,
-                                        total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
-                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
-
-
 def _create_ddp_model(model: nn.Module) -> nn.Module:
     """DDP wrapper when several processes train (detectron2's ``create_ddp_model`` always passes CUDA
     ``device_ids``, which DDP rejects for CPU modules: CPU/Gloo processes need none)."""
@@ -287,17 +271,17 @@ class YOLOTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg, *, seed: Optional[int] = None, start_index: int = 0, augment: bool = True,
                            dataset: Optional[List[Dict[str, Any]]] = None):
         """The training loader over ``cfg.DATASETS.TRAIN`` whose sampler starts at ``start_index`` (per-process
-        samples already drawn) of the stream seeded by ``seed``; ``augment=False`` builds it in no-aug mode."""
+        samples already drawn) of the stream seeded by ``seed``; ``augment=False`` builds it in no-aug mode.
+        Each sample's augmentation is seeded by its place in the stream (``sarl.data.samplers``), so a resumed
+        run sees the same augmented samples as an uninterrupted one."""
         dataset = train_dataset_dicts(cfg) if dataset is None else dataset
-        sampler = ResumableTrainingSampler(len(dataset), seed=seed, start_index=start_index)
+        sampler = ResumableTrainingSampler(len(dataset), seed=seed, start_index=start_index,
+                                           with_positions=cfg.INPUT.YOLO.ENABLED)
         if cfg.INPUT.YOLO.ENABLED:
-            from sarl.data import YOLOMapper
-
             mapper = YOLOMapper(cfg, True, dataset)
             if not augment:
                 mapper.set_augmentation(False)
-            loader = _yolo_train_loader(cfg, mapper, dataset, sampler)
-            loader.yolo_mapper = mapper
+            loader = build_yolo_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
         else:
             loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
         loader.train_sampler = sampler  # its seed/start_index tell where the data stream stands
@@ -306,12 +290,6 @@ class YOLOTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         if cfg.INPUT.YOLO.ENABLED:
-            try:
-                from sarl.data.build import build_yolo_test_loader
-            except ImportError:  # data package without a test loader: the mapper in test mode
-                from sarl.data import YOLOMapper
-
-                return build_detection_test_loader(cfg, dataset_name, mapper=YOLOMapper(cfg, False, None))
             return build_yolo_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name)
 
