@@ -1,5 +1,6 @@
-"""TorchScript export of the detector with decoding inside matches the eager model (ONNX: the pinned
-environment has no ``onnx`` package, so only the skip message is checked)."""
+"""Exports of the detector with decoding inside match the eager model: ``torch.export`` (dynamic batch, fused SARL
+ops kept in the graph) and TorchScript; the command-line tool end to end (ONNX: the pinned environment has no
+``onnx`` package, so only the skip message is checked)."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,7 +24,7 @@ def _export_tool():
     return module
 
 
-def _tiny_model(config: str, num_classes: int = 4):
+def _tiny_model(config: str, num_classes: int = 4, fused: bool = False):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -36,7 +37,7 @@ def _tiny_model(config: str, num_classes: int = 4):
     cfg.MODEL.YOLO.NUM_CLASSES = num_classes
     cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.125
     cfg.MODEL.SARL.ENABLED = True
-    cfg.MODEL.SARL.FUSED = False
+    cfg.MODEL.SARL.FUSED = fused
     cfg.MODEL.YOLO.SCORE_THRESH_TEST = 0.05
     return build_model(cfg).eval()
 
@@ -55,6 +56,37 @@ def test_torchscript_export_matches_eager(config, tmp_path):
     num_anchors = boxes.shape[1]
     assert boxes.shape == (1, num_anchors, 4) and scores.shape == (1, num_anchors, 4)
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("config,fused", [("demo/sarl_yolox_synthetic.yaml", True), ("Base-YOLOv5.yaml", False)])
+def test_torch_export_matches_eager_with_dynamic_batch(config, fused, tmp_path):
+    import sarl.ops
+
+    tool = _export_tool()
+    model = _tiny_model(config, fused=fused)
+    program = tool.export_program(model, size=64, max_batch=8)
+    sarl_ops = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("sarl.")}
+    # The fused relay ops stay in the graph as custom ops (the C++ kernels run), else plain aten ops.
+    assert sarl_ops == ({"sarl.relay_pool.default", "sarl.relay_gate.default"}
+                        if fused and sarl.ops.extension_available() else set()), sarl_ops
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
+    diffs = tool.compare_with_eager(model, loaded, size=64, batch=3)  # exported with batch 2: the batch is dynamic
+    assert diffs["boxes"] < 1e-3 and diffs["scores"] < 1e-5, diffs
+    assert "detections_count" not in diffs and diffs.get("detections", 0.0) < 1e-3, diffs
+    assert loaded(torch.rand(1, 3, 64, 64) * 255)[0].shape[0] == 1
+
+
+def test_export_command_writes_and_checks_every_format(tmp_path, capsys):
+    tool = _export_tool()
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.CSPDARKNET.WIDTH_MULTIPLIER", "0.125", "INPUT.YOLO.IMG_SIZE", "64"]
+    config = str(REPO / "configs" / "demo" / "sarl_yolox_synthetic.yaml")
+    assert tool.main(["--config-file", config, "--output", str(tmp_path), "--format", "all", "--max-batch", "4"]
+                     + opts) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("-> OK") == 2 and "MISMATCH" not in printed, printed
+    assert (tmp_path / "model.pt2").stat().st_size > 0 and (tmp_path / "model.ts").stat().st_size > 0
+    assert tool.main(["--config-file", config, "--size", "70"] + opts) == 2  # not a multiple of the stride
 
 
 def test_onnx_reports_missing_package(tmp_path):

@@ -9,9 +9,23 @@ or ``--size``) to ``boxes`` [B, A, 4] (XYXY input pixels) and ``scores`` [B, A, 
 normalisation, backbone, SARL, neck, head and decode run inside; thresholding and class-wise NMS stay outside
 (``torchvision.ops.batched_nms``), as their output size depends on the data.
 
-Formats: TorchScript (``torch.jit.trace``; the anchor grid is fixed to the traced size S). ONNX needs the
-``onnx`` package (and ``onnxscript`` for torch's exporter); when they are not installed the ONNX export is
-skipped with a message (this project's pinned environment does not include them).
+Formats (``--format``):
+
+- ``export`` (default): ``torch.export`` -> ``model.pt2``, the format torch now recommends (TorchScript is
+  deprecated in torch 2.14). The batch size is dynamic (1-``--max-batch``); S is fixed. With
+  ``MODEL.SARL.FUSED True`` the graph calls the fused ``sarl::relay_pool`` / ``sarl::relay_gate`` ops, so the
+  process that loads it must ``import sarl.ops`` first::
+
+      import sarl.ops, torch
+      detector = torch.export.load("output/export/model.pt2").module()
+      boxes, scores = detector(images)
+
+- ``torchscript``: ``torch.jit.trace`` -> ``model.ts`` (batch and anchor grid fixed to the traced shape).
+- ``onnx``: needs the ``onnx`` package (and ``onnxscript`` for torch's exporter); when they are not installed the
+  ONNX export is skipped with a message (this project's pinned environment does not include them).
+
+Every export is loaded back and compared with the eager model (boxes, scores, and the detections after NMS); the
+command exits 1 when a difference exceeds ``--atol``.
 """
 from __future__ import annotations
 
@@ -53,6 +67,15 @@ def export_torchscript(detector: nn.Module, size: int, batch: int = 1) -> torch.
         return torch.jit.trace(wrapper, example, check_trace=False)
 
 
+def export_program(detector: nn.Module, size: int, max_batch: int = 64) -> "torch.export.ExportedProgram":
+    """``torch.export`` of :class:`DecodedDetector` for ``[B, 3, size, size]`` inputs, B dynamic in 1..max_batch."""
+    wrapper = DecodedDetector(detector).eval()
+    example = torch.rand(2, 3, size, size) * 255
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        return torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
+
+
 @torch.no_grad()
 def compare_with_eager(detector: nn.Module, exported, size: int, seed: int = 0, batch: int = 2) -> Dict[str, float]:
     """Max absolute differences of boxes and scores on random images, and of the final detections
@@ -91,7 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", default="output/export")
     parser.add_argument("--size", type=int, default=0, help="input size (default INPUT.YOLO.IMG_SIZE)")
-    parser.add_argument("--format", choices=["torchscript", "onnx", "both"], default="torchscript")
+    parser.add_argument("--format", choices=["export", "torchscript", "onnx", "all"], default="export")
+    parser.add_argument("--max-batch", type=int, default=64, help="largest batch of the torch.export model")
     parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference to the eager model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -121,16 +145,22 @@ def main(argv=None) -> int:
     model.eval()
     os.makedirs(args.output, exist_ok=True)
     status = 0
-    if args.format in ("torchscript", "both"):
-        traced = export_torchscript(model, size)
+
+    def check(kind: str, path: str, loaded) -> int:
+        diffs = compare_with_eager(model, loaded, size)
+        ok = diffs["boxes"] <= args.atol * size and diffs["scores"] <= args.atol and "detections_count" not in diffs
+        print(f"{kind} model written to {path}; max |difference| to eager: {diffs} -> {'OK' if ok else 'MISMATCH'}")
+        return 0 if ok else 1
+
+    if args.format in ("export", "all"):
+        path = os.path.join(args.output, "model.pt2")
+        torch.export.save(export_program(model, size, args.max_batch), path)
+        status |= check("torch.export", path, torch.export.load(path).module())
+    if args.format in ("torchscript", "all"):
         path = os.path.join(args.output, "model.ts")
-        traced.save(path)
-        diffs = compare_with_eager(model, torch.jit.load(path), size)
-        ok = diffs["boxes"] <= args.atol * size and diffs["scores"] <= args.atol
-        print(f"TorchScript model written to {path}; max |difference| to eager: {diffs} -> "
-              f"{'OK' if ok else 'MISMATCH'}")
-        status |= 0 if ok else 1
-    if args.format in ("onnx", "both"):
+        export_torchscript(model, size).save(path)
+        status |= check("TorchScript", path, torch.jit.load(path))
+    if args.format in ("onnx", "all"):
         print(try_export_onnx(DecodedDetector(model), size, os.path.join(args.output, "model.onnx")))
     return status
 
