@@ -208,6 +208,23 @@ def test_pool_ties_route_gradient_to_first_index():
 
 
 @requires_ext
+@pytest.mark.parametrize("hw", [(8, 8), (7, 13), (40, 40), (70, 70)])  # lane loop, lane tail, several chunks
+def test_pool_first_argmax_and_nan_on_large_planes(hw):
+    """Planes long enough for the lane-wise arg-max: heavy ties (values 0..2) must still pick the first index,
+    and the first NaN of a plane must win, wherever it falls (a lane, the tail after the lanes)."""
+    h, w = hw
+    torch.manual_seed(h * w)
+    g = torch.randint(0, 3, (2, 3, h, w)).double()
+    _assert_pool_matches(g.clone().requires_grad_())
+    flat = g.view(2, 3, -1)
+    hw_len = h * w
+    flat[0, 0, 5] = float("nan")
+    flat[0, 1, hw_len - 1] = float("nan")                  # in the tail
+    flat[1, 2, [min(37, hw_len - 2), hw_len - 2]] = float("nan")  # two NaNs: the first one wins
+    _assert_pool_matches(g.clone().requires_grad_())
+
+
+@requires_ext
 def test_pool_propagates_nan_like_torch_max():
     g = torch.randn(1, 3, 2, 2, dtype=torch.float64)
     g[0, 1, 0, 1] = float("nan")

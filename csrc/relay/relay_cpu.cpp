@@ -47,6 +47,62 @@ std::vector<int64_t> nearest_table(int64_t in_size, int64_t out_size) {
 // ---------------------------------------------------------------------------------------------
 // relay_pool
 // ---------------------------------------------------------------------------------------------
+// Max and first arg-max of src[0, len) (NaN wins, as torch.max). A single running (max, index)
+// is a serial dependency chain; kLanes independent lanes (lane l sees i = l mod kLanes) vectorise,
+// and merging them with pair_replaces (larger value, NaN, else the smaller index) gives the same
+// result as the serial scan.
+template <typename scalar_t, typename acc_t>
+inline void chunk_argmax(const scalar_t* src, int64_t len, acc_t& max_out, int64_t& idx_out) {
+  constexpr int kLanes = 16;
+  if (len < 2 * kLanes) {
+    acc_t m = static_cast<acc_t>(src[0]);
+    int64_t mi = 0;
+    for (int64_t i = 1; i < len; ++i) {
+      const acc_t v = static_cast<acc_t>(src[i]);
+      if (max_replaces(v, m)) {
+        m = v;
+        mi = i;
+      }
+    }
+    max_out = m;
+    idx_out = mi;
+    return;
+  }
+  alignas(64) acc_t lane_max[kLanes];
+  alignas(64) int64_t lane_idx[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    lane_max[l] = static_cast<acc_t>(src[l]);
+    lane_idx[l] = l;
+  }
+  int64_t i = kLanes;
+  for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t v = static_cast<acc_t>(src[i + l]);
+      const bool take = max_replaces(v, lane_max[l]);
+      lane_max[l] = take ? v : lane_max[l];
+      lane_idx[l] = take ? i + l : lane_idx[l];
+    }
+  }
+  acc_t m = lane_max[0];
+  int64_t mi = lane_idx[0];
+  for (int l = 1; l < kLanes; ++l) {
+    if (pair_replaces(lane_max[l], lane_idx[l], m, mi)) {
+      m = lane_max[l];
+      mi = lane_idx[l];
+    }
+  }
+  for (; i < len; ++i) {  // the tail comes after every lane's elements: a strict later-index rule
+    const acc_t v = static_cast<acc_t>(src[i]);
+    if (max_replaces(v, m)) {
+      m = v;
+      mi = i;
+    }
+  }
+  max_out = m;
+  idx_out = mi;
+}
+
 template <typename scalar_t>
 void pool_forward_kernel(const Tensor& g, Tensor& spatial, Tensor& channel, Tensor& spatial_argmax,
                          Tensor& channel_argmax) {
@@ -106,15 +162,9 @@ void pool_forward_kernel(const Tensor& g, Tensor& spatial, Tensor& channel, Tens
         acc_t csum = acc_t(0);
 #pragma omp simd reduction(+ : csum)
         for (int64_t i = 0; i < len; ++i) csum += static_cast<acc_t>(src[i]);
-        acc_t cmax = static_cast<acc_t>(src[0]);
-        int64_t cidx = 0;
-        for (int64_t i = 1; i < len; ++i) {
-          const acc_t v = static_cast<acc_t>(src[i]);
-          if (max_replaces(v, cmax)) {
-            cmax = v;
-            cidx = i;
-          }
-        }
+        acc_t cmax;
+        int64_t cidx;
+        chunk_argmax(src, len, cmax, cidx);
         const int64_t j = (n * chunks + k) * C + c;
         part_sum[j] = csum;
         part_max[j] = cmax;
