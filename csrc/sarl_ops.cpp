@@ -52,6 +52,21 @@ TORCH_LIBRARY(sarl, m) {
   m.def("relay_gate_backward(Tensor grad_out, Tensor x, Tensor channel_logits, Tensor spatial_logits, "
         "Tensor? relay) -> (Tensor, Tensor, Tensor, Tensor)");
   // END RELAY SCHEMAS
+
+  // ---- Evaluation: COCO-style box AP on arrays (csrc/eval, CPU) ---------------------------
+  // BEGIN EVAL SCHEMAS
+  // COCOeval (bbox, useCats) evaluate + accumulate, bit-identical to pycocotools. Ground truth
+  // gt_boxes [G,4] xywh float64, gt_image/gt_category [G] int64 (0-based), gt_area [G] float64
+  // (the area the ranges test), gt_crowd [G] bool (crowd = ignore); detections dt_boxes [D,4],
+  // dt_image, dt_category, dt_score, dt_area. area_ranges: (lo, hi) pairs flattened; max_dets
+  // ascending. Returns precision [T,R,K,A,M], recall [T,K,A,M], scores [T,R,K,A,M] (float64,
+  // -1 where a (category, area) cell has no ground truth that counts).
+  m.def(
+      "coco_eval_bbox(Tensor gt_boxes, Tensor gt_image, Tensor gt_category, Tensor gt_area, Tensor gt_crowd, "
+      "Tensor dt_boxes, Tensor dt_image, Tensor dt_category, Tensor dt_score, Tensor dt_area, int num_images, "
+      "int num_categories, float[] iou_thresholds, float[] recall_thresholds, float[] area_ranges, "
+      "int[] max_dets) -> (Tensor precision, Tensor recall, Tensor scores)");
+  // END EVAL SCHEMAS
 }
 
 }  // namespace sarl

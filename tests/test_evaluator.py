@@ -1,4 +1,5 @@
-"""AI-TOD evaluator: engine equality, protocol edge cases, ignore regions, the per-image cap, the DatasetEvaluator."""
+"""AI-TOD evaluator: engine equality (the project's C++ engine equals pycocotools to the bit, on random and
+adversarial cases), protocol edge cases, ignore regions, the per-image cap, the DatasetEvaluator."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,19 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode, Boxes, Instances  # noqa: E402
 
 from sarl.evaluation import AITODEvaluator, evaluate_detections, ignored_fraction  # noqa: E402
-from sarl.evaluation.aitod_evaluator import build_coco_inputs, run_coco_engine  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sarl.evaluation.aitod_evaluator import (  # noqa: E402
+    build_coco_inputs,
+    build_eval_arrays,
+    coco_dicts_from_arrays,
+    native_engine_available,
+    run_coco_engine,
+    run_native_engine,
+)
+
+requires_native = pytest.mark.skipif(not native_engine_available(), reason="sarl._C (the 'sarl' engine) not built")
 
 CLASSES = ["plane", "ship", "vehicle"]
 
@@ -97,7 +110,7 @@ def test_reported_keys_and_protocol_params():
     assert metrics["AP50"] >= metrics["AP75"]
 
 
-@pytest.mark.parametrize("engine", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("engine", ["sarl", "faster_coco_eval", "pycocotools"])
 def test_perfect_detector_scores_100(engine):
     gt_dicts, _ = _make_case(4, crowd_prob=0.0)
     metrics = evaluate_detections(gt_dicts, _perfect_predictions(gt_dicts), CLASSES, engine=engine)
@@ -287,9 +300,139 @@ def test_empty_ground_truth_and_predictions_are_valid():
 
 def test_category_parallel_evaluation_equals_single_process():
     gt_dicts, predictions = _make_case(9)
-    single, single_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True)
-    parallel, parallel_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True, workers=2)
+    single, single_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True,
+                                                engine="faster_coco_eval")
+    parallel, parallel_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True, workers=2,
+                                                    engine="faster_coco_eval")
     _assert_metrics_equal(single, parallel, tol=0.0)
     for key in ("precision", "recall", "scores"):
         np.testing.assert_array_equal(single_arrays[key], parallel_arrays[key])
     assert parallel_arrays["params"] == single_arrays["params"]
+
+
+# ------------------------------------------------------------------ the "sarl" engine (csrc/eval) vs pycocotools
+def _assert_engines_identical(arrays, max_dets=(100, 300, 1500)):
+    """The C++ engine's precision, recall and scores arrays equal pycocotools' bit for bit."""
+    native = run_native_engine(arrays, max_dets=max_dets)
+    gt, dt = coco_dicts_from_arrays(arrays)
+    reference = run_coco_engine(gt, dt, engine="pycocotools", max_dets=max_dets)
+    for key in ("precision", "recall", "scores"):
+        assert native[key].shape == reference[key].shape, key
+        mismatch = np.argwhere(native[key] != reference[key])
+        assert len(mismatch) == 0, (key, mismatch[:5].tolist())
+    assert native["params"] == {k: reference["params"][k] for k in native["params"]}
+    return native
+
+
+@requires_native
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("max_dets", [(100, 300, 1500), (1, 3, 10)])  # small caps: truncation per image and maxDet
+def test_sarl_engine_equals_pycocotools_to_the_bit(seed, max_dets):
+    gt_dicts, predictions = _make_case(seed, num_images=8, max_gt=40, crowd_prob=0.15)
+    arrays, _ = build_eval_arrays(gt_dicts, predictions, len(CLASSES))
+    native = _assert_engines_identical(arrays, max_dets)
+    assert (native["precision"] > 0).any() and (native["precision"] < 1).any()  # a case with something to get wrong
+
+
+@st.composite
+def _adversarial_case(draw):
+    """Few images and boxes on a coarse grid, so that scores tie, boxes coincide or only touch, widths are 0, box
+    areas sit exactly on the area-range limits (64, 256, 1024), crowds overlap, and dataset areas differ from box
+    areas: the places where an evaluator's ordering and boundary rules show."""
+    num_images = draw(st.integers(1, 4))
+    num_classes = draw(st.integers(1, 3))
+    sides = st.sampled_from([0.0, 1.0, 4.0, 8.0, 16.0, 32.0, 12.5, 40.0])
+    coords = st.sampled_from([0.0, 2.0, 4.0, 8.0, 10.0, 16.0])
+    gt_dicts, predictions = [], []
+    for index in range(num_images):
+        annotations = []
+        for _ in range(draw(st.integers(0, 7))):
+            box = [draw(coords), draw(coords), draw(sides), draw(sides)]
+            annotation = {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": draw(st.integers(0, num_classes - 1)),
+                          "iscrowd": int(draw(st.booleans()) and draw(st.booleans()))}
+            if draw(st.booleans()):
+                annotation["area"] = draw(st.sampled_from([0.0, 63.0, 64.0, 65.0, 256.0, 1024.0, 2000.0]))
+            annotations.append(annotation)
+        gt_dicts.append({"image_id": index, "height": 64, "width": 64, "annotations": annotations})
+        count = draw(st.integers(0, 9))
+        xy = [[draw(coords), draw(coords)] for _ in range(count)]
+        wh = [[draw(sides), draw(sides)] for _ in range(count)]
+        boxes = np.array([[x, y, x + w, y + h] for (x, y), (w, h) in zip(xy, wh)]).reshape(-1, 4)
+        scores = np.array([draw(st.sampled_from([0.1, 0.5, 0.5, 0.9])) for _ in range(count)])
+        classes = np.array([draw(st.integers(0, num_classes - 1)) for _ in range(count)], dtype=np.int64)
+        predictions.append({"image_id": index, "boxes": boxes, "scores": scores, "classes": classes})
+    max_dets = draw(st.sampled_from([(1, 2, 5), (100, 300, 1500), (2, 4)]))
+    return gt_dicts, predictions, num_classes, max_dets
+
+
+@requires_native
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_adversarial_case())
+def test_sarl_engine_equals_pycocotools_on_adversarial_cases(case):
+    gt_dicts, predictions, num_classes, max_dets = case
+    arrays, _ = build_eval_arrays(gt_dicts, predictions, num_classes)
+    _assert_engines_identical(arrays, max_dets)
+
+
+@requires_native
+def test_sarl_engine_is_deterministic_across_thread_counts():
+    gt_dicts, predictions = _make_case(11, num_images=12)
+    arrays, _ = build_eval_arrays(gt_dicts, predictions, len(CLASSES))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_native_engine(arrays)
+        torch.set_num_threads(2)
+        two = run_native_engine(arrays)
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(one[key], two[key])
+
+
+@requires_native
+def test_sarl_engine_empty_inputs_and_errors():
+    gt_dicts, predictions = _make_case(12, num_images=3)
+    arrays, _ = build_eval_arrays(gt_dicts, predictions, len(CLASSES))
+    # No detections at all: recall and precision 0 wherever ground truth counts (as pycocotools).
+    no_dets, _ = build_eval_arrays(gt_dicts, [], len(CLASSES))
+    _assert_engines_identical(no_dets)
+    # No ground truth: every cell -1.
+    empty_gt = [dict(r, annotations=[]) for r in gt_dicts]
+    no_gt, _ = build_eval_arrays(empty_gt, predictions, len(CLASSES))
+    assert (run_native_engine(no_gt)["precision"] == -1).all()
+    op = torch.ops.sarl.coco_eval_bbox
+    t = torch.from_numpy
+    args = [t(arrays.gt_boxes), t(arrays.gt_image), t(arrays.gt_category), t(arrays.gt_area), t(arrays.gt_crowd),
+            t(arrays.dt_boxes), t(arrays.dt_image), t(arrays.dt_category), t(arrays.dt_score), t(arrays.dt_area),
+            3, len(CLASSES), [0.5], [0.0, 1.0], [0.0, 1e10], [10]]
+    bad = list(args)
+    bad[0] = bad[0].float()
+    with pytest.raises(TypeError, match="gt_boxes must be"):
+        op(*bad)
+    bad = list(args)
+    bad[10] = 2  # image ids reach 2: num_images must be above
+    with pytest.raises(ValueError, match="gt_image must lie in"):
+        op(*bad)
+    bad = list(args)
+    bad[8] = bad[8].clone()
+    bad[8][0] = float("nan")
+    with pytest.raises(ValueError, match="dt_score must be finite"):
+        op(*bad)
+    bad = list(args)
+    bad[15] = [10, 5]
+    with pytest.raises(ValueError, match="max_dets must be positive and ascending"):
+        op(*bad)
+
+
+def test_sarl_engine_falls_back_without_the_extension(monkeypatch, caplog):
+    import sarl.evaluation.aitod_evaluator as module
+
+    gt_dicts, predictions = _make_case(13)
+    expected = evaluate_detections(gt_dicts, predictions, CLASSES, engine="pycocotools")
+    monkeypatch.setenv("SARL_DISABLE_EXTENSION", "1")
+    monkeypatch.setattr(module, "_WARNED_NO_NATIVE", False)
+    with caplog.at_level("WARNING", logger=module.logger.name):
+        metrics = evaluate_detections(gt_dicts, predictions, CLASSES, engine="sarl")
+    assert "using the faster_coco_eval engine" in caplog.text
+    _assert_metrics_equal(metrics, expected)

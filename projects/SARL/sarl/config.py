@@ -167,5 +167,7 @@ def _add_solver_config(cfg: CN) -> None:
 def _add_test_config(cfg: CN) -> None:
     cfg.TEST.AITOD = CN()
     cfg.TEST.AITOD.MAX_DETS = [100, 300, 1500]
-    cfg.TEST.AITOD.ENGINE = "faster_coco_eval"  # or "pycocotools"
+    # "sarl" (the project's C++ kernel; faster_coco_eval when sarl._C is not built), "faster_coco_eval",
+    # "pycocotools": the same arrays from all three.
+    cfg.TEST.AITOD.ENGINE = "sarl"
     cfg.TEST.DETECTIONS_PER_IMAGE = 3000

@@ -17,8 +17,10 @@ Metrics are read from ``eval["precision"]`` / ``eval["recall"]`` (``summarize()`
 labels) and reported in % : AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, AR@100, AR@300, AR@1500, AR_vt/t/s/m (maxDets
 1500) and ``AP-<class>``. A metric with no ground truth to score is NaN (detectron2's convention).
 
-Engines: ``faster_coco_eval`` (C++, default) or ``pycocotools``; both get the same inputs and parameters, and give
-the same precision arrays (tests/test_evaluator.py checks it to 1e-6).
+Engines: ``sarl`` (default: ``torch.ops.sarl.coco_eval_bbox``, this project's C++ kernel over columns of boxes,
+multi-threaded), ``faster_coco_eval`` (C++ over COCO dicts) or ``pycocotools``; all get the same inputs
+(:class:`EvalArrays`) and parameters, and give the same precision arrays (tests/test_evaluator.py: ``sarl`` equals
+pycocotools to the bit, faster_coco_eval to 1e-6).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import os
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,7 +61,7 @@ AITOD_AREA_RANGES: "OrderedDict[str, Tuple[float, float]]" = OrderedDict(
     ]
 )
 AITOD_MAX_DETS: Tuple[int, ...] = (100, 300, 1500)
-ENGINES = ("faster_coco_eval", "pycocotools")
+ENGINES = ("sarl", "faster_coco_eval", "pycocotools")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -183,33 +186,61 @@ def _gt_boxes_xywh(record: Mapping[str, Any]) -> np.ndarray:
     return raw
 
 
-def build_coco_inputs(
+@dataclass
+class EvalArrays:
+    """Ground truth and detections of one evaluation as columns, after validation, ignore regions and the
+    per-image cap: the form every engine scores (the COCO dicts of :func:`coco_dicts_from_arrays` are built
+    from it). Images are 0-based positions in the ground-truth dicts, categories 0-based contiguous ids.
+
+    Shapes: ``gt_*`` [G] (``gt_boxes`` [G, 4] XYWH), ``dt_*`` [D] (``dt_boxes`` [D, 4] XYWH); float64 / int64 / bool.
+    ``gt_area`` is the dataset's area when it has one (official jsons), else the box area; ``dt_area`` = w * h.
+    """
+
+    image_sizes: List[Tuple[int, int]]
+    num_classes: int
+    gt_image: np.ndarray
+    gt_category: np.ndarray
+    gt_boxes: np.ndarray
+    gt_area: np.ndarray
+    gt_crowd: np.ndarray
+    dt_image: np.ndarray
+    dt_category: np.ndarray
+    dt_boxes: np.ndarray
+    dt_score: np.ndarray
+    dt_area: np.ndarray
+
+
+def _concat(parts: List[np.ndarray], dtype: Any, width: int = 0) -> np.ndarray:
+    if parts:
+        return np.concatenate(parts).astype(dtype, copy=False)
+    return np.zeros((0, width) if width else (0,), dtype=dtype)
+
+
+def build_eval_arrays(
     gt_dicts: Sequence[Mapping[str, Any]],
     predictions: Sequence[Mapping[str, Any]],
     num_classes: int,
     *,
     max_dets_per_image: int = 3000,
     ignore_ioa_thresh: float = 0.5,
-) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, int]]:
-    """Ground truth and detections as two COCO datasets (dicts) with integer ids, plus counters.
+) -> Tuple[EvalArrays, Dict[str, int]]:
+    """Validated columns of the ground truth and the detections (:class:`EvalArrays`), plus counters.
 
-    Image ids are renumbered 1..N in ``gt_dicts`` order (faster_coco_eval wants ints; detectron2 ids may be strings);
-    category ids are ``contiguous id + 1``; annotation ids start at 1 (0 means "unmatched" inside the engines).
     Predictions for images that are not in ``gt_dicts`` are an error; images without predictions are valid.
     """
-    categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
     image_index: Dict[Any, int] = {}
-    images, gt_anns = [], []
-    regions_by_image: Dict[int, np.ndarray] = {}
+    sizes: List[Tuple[int, int]] = []
+    regions_by_image: List[np.ndarray] = []
+    gt = {key: [] for key in ("image", "category", "boxes", "area", "crowd")}
     counts = {"gt_ignored_by_region": 0, "dt_ignored_by_region": 0, "dt_capped": 0, "gt_crowd": 0}
     for record in gt_dicts:
         if record["image_id"] in image_index:
             raise ValueError(f"duplicate image_id {record['image_id']!r} in the ground-truth dicts")
-        coco_id = len(images) + 1
-        image_index[record["image_id"]] = coco_id
-        images.append({"id": coco_id, "height": int(record["height"]), "width": int(record["width"])})
+        index = len(sizes)
+        image_index[record["image_id"]] = index
+        sizes.append((int(record["height"]), int(record["width"])))
         regions = _ignore_regions_of(record)
-        regions_by_image[coco_id] = regions
+        regions_by_image.append(regions)
         annotations = record.get("annotations", [])
         if not annotations:
             continue
@@ -217,32 +248,27 @@ def build_coco_inputs(
         xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
         in_region = ignored_fraction(xyxy, regions) >= ignore_ioa_thresh if len(regions) else np.zeros(len(boxes), bool)
         counts["gt_ignored_by_region"] += int(in_region.sum())
-        for annotation, box, drop in zip(annotations, boxes, in_region):
-            if drop:
-                continue
-            category = int(annotation["category_id"])
-            if not 0 <= category < num_classes:
-                raise ValueError(
-                    f"image {record['image_id']!r}: ground-truth category_id {category} is outside [0, {num_classes})"
-                )
-            crowd = int(bool(annotation.get("iscrowd", 0) or annotation.get("difficult", 0)
-                             or annotation.get("ignore", 0)))
-            counts["gt_crowd"] += crowd
-            gt_anns.append({
-                "id": len(gt_anns) + 1,
-                "image_id": coco_id,
-                "category_id": category + 1,
-                "bbox": box.tolist(),
-                # The dataset's area when it has one (official jsons), the box area otherwise.
-                "area": float(annotation.get("area", box[2] * box[3])),
-                "iscrowd": crowd,
-            })
+        categories = np.array([int(a["category_id"]) for a in annotations], dtype=np.int64)
+        bad = np.flatnonzero((categories < 0) | (categories >= num_classes))
+        if len(bad):
+            raise ValueError(f"image {record['image_id']!r}: ground-truth category_id {int(categories[bad[0]])} is "
+                             f"outside [0, {num_classes})")
+        crowd = np.array([bool(a.get("iscrowd", 0) or a.get("difficult", 0) or a.get("ignore", 0))
+                          for a in annotations])
+        area = np.array([float(a.get("area", box[2] * box[3])) for a, box in zip(annotations, boxes)])
+        keep = ~in_region
+        counts["gt_crowd"] += int(crowd[keep].sum())
+        gt["image"].append(np.full(int(keep.sum()), index, dtype=np.int64))
+        gt["category"].append(categories[keep])
+        gt["boxes"].append(boxes[keep])
+        gt["area"].append(area[keep])
+        gt["crowd"].append(crowd[keep])
 
-    dt_anns: List[Dict[str, Any]] = []
+    dt = {key: [] for key in ("image", "category", "boxes", "score", "area")}
     for index, raw in enumerate(predictions):
         prediction = _normalize_prediction(raw, index)
-        coco_id = image_index.get(prediction["image_id"])
-        if coco_id is None:
+        image = image_index.get(prediction["image_id"])
+        if image is None:
             raise ValueError(f"predictions[{index}]: image_id {prediction['image_id']!r} is not in the ground truth")
         before = len(prediction["scores"])
         prediction = cap_per_image(prediction, max_dets_per_image)
@@ -252,25 +278,114 @@ def build_coco_inputs(
             raise ValueError(
                 f"predictions[{index}] (image {prediction['image_id']!r}): class ids must lie in [0, {num_classes})"
             )
-        regions = regions_by_image[coco_id]
+        regions = regions_by_image[image]
         if len(regions) and len(boxes):
             keep = ignored_fraction(boxes, regions) < ignore_ioa_thresh
             counts["dt_ignored_by_region"] += int((~keep).sum())
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         wh = boxes[:, 2:] - boxes[:, :2]
-        for box, size, score, category in zip(boxes.tolist(), wh.tolist(), scores.tolist(), classes.tolist()):
-            dt_anns.append({
-                "id": len(dt_anns) + 1,
-                "image_id": coco_id,
-                "category_id": category + 1,
-                "bbox": [box[0], box[1], size[0], size[1]],
-                "score": score,
-                "area": size[0] * size[1],
-                "iscrowd": 0,
-            })
+        dt["image"].append(np.full(len(boxes), image, dtype=np.int64))
+        dt["category"].append(classes)
+        dt["boxes"].append(np.concatenate([boxes[:, :2], wh], axis=1))
+        dt["score"].append(scores)
+        dt["area"].append(wh[:, 0] * wh[:, 1])
+
+    arrays = EvalArrays(
+        image_sizes=sizes, num_classes=num_classes,
+        gt_image=_concat(gt["image"], np.int64), gt_category=_concat(gt["category"], np.int64),
+        gt_boxes=_concat(gt["boxes"], np.float64, 4), gt_area=_concat(gt["area"], np.float64),
+        gt_crowd=_concat(gt["crowd"], bool),
+        dt_image=_concat(dt["image"], np.int64), dt_category=_concat(dt["category"], np.int64),
+        dt_boxes=_concat(dt["boxes"], np.float64, 4), dt_score=_concat(dt["score"], np.float64),
+        dt_area=_concat(dt["area"], np.float64),
+    )
+    return arrays, counts
+
+
+def coco_dicts_from_arrays(arrays: EvalArrays) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Ground truth and detections as two COCO datasets (dicts) for pycocotools / faster-coco-eval.
+
+    Image ids are 1..N in ground-truth order (faster_coco_eval wants ints; detectron2 ids may be strings); category
+    ids are ``contiguous id + 1``; annotation ids start at 1 (0 means "unmatched" inside the engines).
+    """
+    categories = [{"id": k + 1, "name": str(k)} for k in range(arrays.num_classes)]
+    images = [{"id": i + 1, "height": h, "width": w} for i, (h, w) in enumerate(arrays.image_sizes)]
+    gt_anns = [
+        {"id": n + 1, "image_id": image + 1, "category_id": category + 1, "bbox": box, "area": area,
+         "iscrowd": int(crowd)}
+        for n, (image, category, box, area, crowd) in enumerate(zip(
+            arrays.gt_image.tolist(), arrays.gt_category.tolist(), arrays.gt_boxes.tolist(),
+            arrays.gt_area.tolist(), arrays.gt_crowd.tolist()))
+    ]
+    dt_anns = [
+        {"id": n + 1, "image_id": image + 1, "category_id": category + 1, "bbox": box, "score": score,
+         "area": area, "iscrowd": 0}
+        for n, (image, category, box, score, area) in enumerate(zip(
+            arrays.dt_image.tolist(), arrays.dt_category.tolist(), arrays.dt_boxes.tolist(),
+            arrays.dt_score.tolist(), arrays.dt_area.tolist()))
+    ]
     gt = {"images": images, "categories": categories, "annotations": gt_anns}
     dt = {"images": images, "categories": categories, "annotations": dt_anns}
+    return gt, dt
+
+
+def build_coco_inputs(
+    gt_dicts: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    *,
+    max_dets_per_image: int = 3000,
+    ignore_ioa_thresh: float = 0.5,
+) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, int]]:
+    """:func:`build_eval_arrays` then :func:`coco_dicts_from_arrays`: ``(gt, dt, counts)``."""
+    arrays, counts = build_eval_arrays(gt_dicts, predictions, num_classes, max_dets_per_image=max_dets_per_image,
+                                       ignore_ioa_thresh=ignore_ioa_thresh)
+    gt, dt = coco_dicts_from_arrays(arrays)
     return gt, dt, counts
+
+
+def coco_params(max_dets: Sequence[int] = AITOD_MAX_DETS,
+                area_ranges: Mapping[str, Tuple[float, float]] = AITOD_AREA_RANGES) -> Dict[str, Any]:
+    """COCOeval's parameters for the protocol (the thresholds as pycocotools builds them, to the bit)."""
+    return {
+        "iouThrs": np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True).tolist(),
+        "recThrs": np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True).tolist(),
+        "maxDets": sorted(int(m) for m in max_dets),
+        "areaRng": [[float(lo), float(hi)] for lo, hi in area_ranges.values()],
+        "areaRngLbl": [str(label) for label in area_ranges],
+    }
+
+
+def run_native_engine(
+    arrays: EvalArrays,
+    *,
+    max_dets: Sequence[int] = AITOD_MAX_DETS,
+    area_ranges: Mapping[str, Tuple[float, float]] = AITOD_AREA_RANGES,
+) -> Dict[str, Any]:
+    """COCOeval evaluate + accumulate in this project's C++ kernel (``torch.ops.sarl.coco_eval_bbox``, threads over
+    images and cells); same arrays as pycocotools to the bit (tests/test_evaluator.py). Layout as
+    :func:`run_coco_engine`."""
+    if not native_engine_available():
+        raise RuntimeError("the 'sarl' evaluation engine needs the compiled extension sarl._C (make build)")
+    params = coco_params(max_dets, area_ranges)
+
+    def t(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+    precision, recall, scores = torch.ops.sarl.coco_eval_bbox(
+        t(arrays.gt_boxes), t(arrays.gt_image), t(arrays.gt_category), t(arrays.gt_area), t(arrays.gt_crowd),
+        t(arrays.dt_boxes), t(arrays.dt_image), t(arrays.dt_category), t(arrays.dt_score), t(arrays.dt_area),
+        len(arrays.image_sizes), arrays.num_classes, params["iouThrs"], params["recThrs"],
+        [v for lo_hi in params["areaRng"] for v in lo_hi], params["maxDets"])
+    params["catIds"] = list(range(1, arrays.num_classes + 1))
+    return {"precision": precision.numpy(), "recall": recall.numpy(), "scores": scores.numpy(), "params": params}
+
+
+def native_engine_available() -> bool:
+    """True when ``sarl._C`` (with ``coco_eval_bbox``) is loaded."""
+    from sarl.ops._extension import extension_available  # loads sarl._C (registers torch.ops.sarl.*)
+
+    return extension_available() and hasattr(torch.ops.sarl, "coco_eval_bbox")
 
 
 _LEAN_CLASS: Any = None
@@ -491,16 +606,11 @@ def run_coco_engine_parallel(
 
 def _empty_eval(num_classes: int, max_dets: Sequence[int]) -> Dict[str, Any]:
     """The arrays of an evaluation with nothing to score (all -1), in the engines' layout."""
-    iou_thrs = np.linspace(0.5, 0.95, 10)
-    rec_thrs = np.linspace(0.0, 1.0, 101)
-    shape = (len(iou_thrs), len(rec_thrs), num_classes, len(AITOD_AREA_RANGES), len(max_dets))
-    return {
-        "precision": -np.ones(shape), "recall": -np.ones((shape[0],) + shape[2:]), "scores": -np.ones(shape),
-        "params": {"iouThrs": iou_thrs.tolist(), "recThrs": rec_thrs.tolist(),
-                   "maxDets": sorted(int(m) for m in max_dets),
-                   "areaRng": [[float(lo), float(hi)] for lo, hi in AITOD_AREA_RANGES.values()],
-                   "areaRngLbl": list(AITOD_AREA_RANGES), "catIds": list(range(1, num_classes + 1))},
-    }
+    params = dict(coco_params(max_dets), catIds=list(range(1, num_classes + 1)))
+    shape = (len(params["iouThrs"]), len(params["recThrs"]), num_classes, len(params["areaRng"]),
+             len(params["maxDets"]))
+    return {"precision": -np.ones(shape), "recall": -np.ones((shape[0],) + shape[2:]), "scores": -np.ones(shape),
+            "params": params}
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -560,12 +670,15 @@ def dump_eval_arrays(coco_eval: Mapping[str, Any], metrics: Mapping[str, float],
     return [npz_path, json_path]
 
 
+_WARNED_NO_NATIVE = False
+
+
 def evaluate_detections(
     gt_dicts: Sequence[Mapping[str, Any]],
     predictions: Sequence[Mapping[str, Any]],
     class_names: Sequence[str],
     *,
-    engine: str = "faster_coco_eval",
+    engine: str = "sarl",
     max_dets: Sequence[int] = AITOD_MAX_DETS,
     max_dets_per_image: int = 3000,
     ignore_ioa_thresh: float = 0.5,
@@ -582,22 +695,30 @@ def evaluate_detections(
         predictions: one entry per image: ``{"image_id", "instances": Instances}`` (``pred_boxes`` XYXY in original
             pixels, ``scores``, ``pred_classes``) or ``{"image_id", "boxes" [N, 4] XYXY, "scores" [N], "classes" [N]}``.
         class_names: names in contiguous-id order (``AP-<name>`` keys).
-        engine: "faster_coco_eval" or "pycocotools".
+        engine: "sarl" (this project's C++ kernel, multi-threaded; falls back to faster_coco_eval with a warning
+            when ``sarl._C`` is not built), "faster_coco_eval" or "pycocotools". All three give the same arrays.
         max_dets: maxDets of the protocol; AP uses the largest.
         max_dets_per_image: keep this many top-scoring detections per image before scoring (<= 0: all).
         ignore_ioa_thresh: drop detections / GT whose area lies in ignore regions for at least this fraction.
         output_dir: when set, write the raw arrays there (:func:`dump_eval_arrays`).
         return_arrays: also return the engine's arrays (``(metrics, coco_eval)``).
-        workers: score groups of categories in this many forked processes (same result; for multi-core hosts).
+        workers: faster_coco_eval / pycocotools: score groups of categories in this many forked processes (same
+            result; for multi-core hosts). The "sarl" engine uses torch's threads instead.
 
     Returns:
         ordered dict of metrics in % (AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, AR@..., AR_<area>@..., AP-<class>).
     """
     start = time.perf_counter()
-    with _gc_paused():
-        gt, dt, counts = build_coco_inputs(gt_dicts, predictions, len(class_names),
-                                           max_dets_per_image=max_dets_per_image,
-                                           ignore_ioa_thresh=ignore_ioa_thresh)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown evaluation engine {engine!r}; expected one of {ENGINES}")
+    if engine == "sarl" and not native_engine_available():
+        global _WARNED_NO_NATIVE
+        if not _WARNED_NO_NATIVE:
+            logger.warning("AI-TOD eval: sarl._C is not built; using the faster_coco_eval engine (same results)")
+            _WARNED_NO_NATIVE = True
+        engine = "faster_coco_eval"
+    arrays, counts = build_eval_arrays(gt_dicts, predictions, len(class_names),
+                                       max_dets_per_image=max_dets_per_image, ignore_ioa_thresh=ignore_ioa_thresh)
     if counts["dt_capped"]:
         logger.info(f"AI-TOD eval: dropped {counts['dt_capped']} detections beyond {max_dets_per_image} per image")
     if counts["dt_ignored_by_region"] or counts["gt_ignored_by_region"]:
@@ -605,18 +726,19 @@ def evaluate_detections(
             f"AI-TOD eval: removed {counts['dt_ignored_by_region']} detections and {counts['gt_ignored_by_region']} "
             f"ground-truth boxes lying in ignore regions (covered >= {ignore_ioa_thresh})"
         )
-    if engine not in ENGINES:
-        raise ValueError(f"unknown evaluation engine {engine!r}; expected one of {ENGINES}")
-    if not gt["images"]:
+    if not arrays.image_sizes:
         logger.warning("AI-TOD eval: no images in the ground truth; every metric is NaN")
         coco_eval = _empty_eval(len(class_names), max_dets)
+    elif engine == "sarl":
+        coco_eval = run_native_engine(arrays, max_dets=max_dets)
     else:
         with _gc_paused():
+            gt, dt = coco_dicts_from_arrays(arrays)
             coco_eval = run_coco_engine_parallel(gt, dt, workers=workers, engine=engine, max_dets=max_dets)
     metrics = summarize_aitod(coco_eval, class_names)
     logger.info(
-        f"AI-TOD eval ({engine}): {len(gt['images'])} images, {len(gt['annotations'])} GT, "
-        f"{len(dt['annotations'])} detections, {time.perf_counter() - start:.2f} s"
+        f"AI-TOD eval ({engine}): {len(arrays.image_sizes)} images, {len(arrays.gt_image)} GT, "
+        f"{len(arrays.dt_image)} detections, {time.perf_counter() - start:.2f} s"
     )
     if output_dir:
         dump_eval_arrays(coco_eval, metrics, class_names, output_dir)
@@ -649,7 +771,7 @@ class AITODEvaluator(DatasetEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
-        engine: str = "faster_coco_eval",
+        engine: str = "sarl",
         max_dets: Sequence[int] = AITOD_MAX_DETS,
         max_dets_per_image: int = 3000,
         ignore_ioa_thresh: float = 0.5,
