@@ -425,6 +425,21 @@ def test_sarl_engine_empty_inputs_and_errors():
         op(*bad)
 
 
+@requires_native
+def test_coco_eval_op_schema_and_fake_registration():
+    """torch.library.opcheck: schema, fake (shape) implementation and dispatch of sarl::coco_eval_bbox."""
+    gt_dicts, predictions = _make_case(14, num_images=3)
+    arrays, _ = build_eval_arrays(gt_dicts, predictions, len(CLASSES))
+    t = torch.from_numpy
+    args = (t(arrays.gt_boxes), t(arrays.gt_image), t(arrays.gt_category), t(arrays.gt_area), t(arrays.gt_crowd),
+            t(arrays.dt_boxes), t(arrays.dt_image), t(arrays.dt_category), t(arrays.dt_score), t(arrays.dt_area),
+            3, len(CLASSES), [0.5, 0.75], [0.0, 0.5, 1.0], [0.0, 1e10, 0.0, 64.0], [1, 10])
+    torch.library.opcheck(torch.ops.sarl.coco_eval_bbox.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    precision, recall, scores = torch.ops.sarl.coco_eval_bbox(*args)
+    assert precision.shape == scores.shape == (2, 3, len(CLASSES), 2, 2) and recall.shape == (2, len(CLASSES), 2, 2)
+
+
 def test_sarl_engine_falls_back_without_the_extension(monkeypatch, caplog):
     import sarl.evaluation.aitod_evaluator as module
 

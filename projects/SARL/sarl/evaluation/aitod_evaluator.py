@@ -362,7 +362,7 @@ def run_native_engine(
     max_dets: Sequence[int] = AITOD_MAX_DETS,
     area_ranges: Mapping[str, Tuple[float, float]] = AITOD_AREA_RANGES,
 ) -> Dict[str, Any]:
-    """COCOeval evaluate + accumulate in this project's C++ kernel (``torch.ops.sarl.coco_eval_bbox``, threads over
+    """COCOeval evaluate + accumulate in this project's C++ kernel (:func:`sarl.ops.coco_eval_bbox`, threads over
     images and cells); same arrays as pycocotools to the bit (tests/test_evaluator.py). Layout as
     :func:`run_coco_engine`."""
     if not native_engine_available():
@@ -372,11 +372,13 @@ def run_native_engine(
     def t(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values))
 
-    precision, recall, scores = torch.ops.sarl.coco_eval_bbox(
+    from sarl.ops import coco_eval_bbox
+
+    precision, recall, scores = coco_eval_bbox(
         t(arrays.gt_boxes), t(arrays.gt_image), t(arrays.gt_category), t(arrays.gt_area), t(arrays.gt_crowd),
         t(arrays.dt_boxes), t(arrays.dt_image), t(arrays.dt_category), t(arrays.dt_score), t(arrays.dt_area),
-        len(arrays.image_sizes), arrays.num_classes, params["iouThrs"], params["recThrs"],
-        [v for lo_hi in params["areaRng"] for v in lo_hi], params["maxDets"])
+        len(arrays.image_sizes), arrays.num_classes, params["iouThrs"], params["recThrs"], params["areaRng"],
+        params["maxDets"])
     params["catIds"] = list(range(1, arrays.num_classes + 1))
     return {"precision": precision.numpy(), "recall": recall.numpy(), "scores": scores.numpy(), "params": params}
 

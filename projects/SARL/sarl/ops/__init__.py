@@ -15,6 +15,7 @@ from ._extension import (  # noqa: F401
 )
 from .sal import ScaleAdaptiveIoULoss, sal_weights, scale_adaptive_iou_loss  # noqa: F401
 from .relay import relay_gate, relay_pool  # noqa: F401
+from .coco_eval import coco_eval_bbox  # noqa: F401
 from . import reference  # noqa: F401
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "sal_weights",
     "relay_pool",
     "relay_gate",
+    "coco_eval_bbox",
     "reference",
     "extension_available",
     "extension_info",
