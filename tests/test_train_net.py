@@ -273,6 +273,7 @@ def test_ablation_grid_tables_and_resume(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "SEED 7" in printed and str(tmp_path / "new" / "yolov5" / "sal" / "seed7") in printed
     assert ablation.main(["--output", str(tmp_path), "--seeds", "x"]) == 2
+    assert ablation.main(["--output", str(tmp_path), "--jobs", "2", "--device", "cuda"]) == 2
     metrics_json = tmp_path / "metrics.json"
     metrics_json.write_text('{"iteration": 3, "total_loss": 1.0}\n{"iteration": 5, "bbox/AP": 7.5, "bbox/AP50": 9}\n')
     assert ablation.final_metrics(str(metrics_json)) == {"AP": 7.5, "AP50": 9}

@@ -245,7 +245,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every cell is trained once per seed")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (CPU; each gets cores/jobs "
+                   "threads)")
     p.add_argument("--only", default="", help="comma-separated cell names to run (default: the whole grid)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every cell")
@@ -266,6 +267,10 @@ def main(argv=None) -> int:
         return 2
     if not args.seed_list or args.jobs < 1:
         print("error: --seeds needs at least one seed and --jobs at least 1", file=sys.stderr)
+        return 2
+    if args.jobs > 1 and args.device != "cpu":
+        # Concurrent runs would all claim the same --num-gpus devices.
+        print("error: --jobs > 1 is for CPU runs; on GPUs run one cell at a time with --num-gpus", file=sys.stderr)
         return 2
     cells = grid(detectors, [d.strip() for d in args.beta_detectors.split(",")])
     if args.only:
