@@ -716,7 +716,8 @@ def evaluate_detections(
     if engine == "sarl" and not native_engine_available():
         global _WARNED_NO_NATIVE
         if not _WARNED_NO_NATIVE:
-            logger.warning("AI-TOD eval: sarl._C is not built; using the faster_coco_eval engine (same results)")
+            logger.warning("AI-TOD eval: sarl._C is not built, or was built from sources without coco_eval_bbox "
+                           "(rebuild: make build); using the faster_coco_eval engine (same results)")
             _WARNED_NO_NATIVE = True
         engine = "faster_coco_eval"
     arrays, counts = build_eval_arrays(gt_dicts, predictions, len(class_names),
