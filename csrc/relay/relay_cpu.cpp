@@ -51,19 +51,26 @@ std::vector<int64_t> nearest_table(int64_t in_size, int64_t out_size) {
 // is a serial dependency chain; kLanes independent lanes (lane l sees i = l mod kLanes) vectorise,
 // and merging them with pair_replaces (larger value, NaN, else the smaller index) gives the same
 // result as the serial scan.
+// Continues a serial scan over src[begin, end) of a running (max, index) whose elements all come
+// before `begin`: a later element must be strictly larger (or the first NaN) to win.
+template <typename scalar_t, typename acc_t>
+inline void scan_argmax(const scalar_t* src, int64_t begin, int64_t end, acc_t& m, int64_t& mi) {
+  for (int64_t i = begin; i < end; ++i) {
+    const acc_t v = static_cast<acc_t>(src[i]);
+    if (max_replaces(v, m)) {
+      m = v;
+      mi = i;
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 inline void chunk_argmax(const scalar_t* src, int64_t len, acc_t& max_out, int64_t& idx_out) {
   constexpr int kLanes = 16;
+  acc_t m = static_cast<acc_t>(src[0]);
+  int64_t mi = 0;
   if (len < 2 * kLanes) {
-    acc_t m = static_cast<acc_t>(src[0]);
-    int64_t mi = 0;
-    for (int64_t i = 1; i < len; ++i) {
-      const acc_t v = static_cast<acc_t>(src[i]);
-      if (max_replaces(v, m)) {
-        m = v;
-        mi = i;
-      }
-    }
+    scan_argmax(src, 1, len, m, mi);
     max_out = m;
     idx_out = mi;
     return;
@@ -84,21 +91,15 @@ inline void chunk_argmax(const scalar_t* src, int64_t len, acc_t& max_out, int64
       lane_idx[l] = take ? i + l : lane_idx[l];
     }
   }
-  acc_t m = lane_max[0];
-  int64_t mi = lane_idx[0];
+  m = lane_max[0];
+  mi = lane_idx[0];
   for (int l = 1; l < kLanes; ++l) {
     if (pair_replaces(lane_max[l], lane_idx[l], m, mi)) {
       m = lane_max[l];
       mi = lane_idx[l];
     }
   }
-  for (; i < len; ++i) {  // the tail comes after every lane's elements: a strict later-index rule
-    const acc_t v = static_cast<acc_t>(src[i]);
-    if (max_replaces(v, m)) {
-      m = v;
-      mi = i;
-    }
-  }
+  scan_argmax(src, i, len, m, mi);  // the tail comes after every lane's elements
   max_out = m;
   idx_out = mi;
 }
