@@ -79,13 +79,11 @@ struct Inputs {
   const int64_t* gt_category;
   const double* gt_area;
   const bool* gt_crowd;
-  int64_t num_gt;
   const double* dt_boxes;
   const int64_t* dt_image;
   const int64_t* dt_category;
   const double* dt_score;
   const double* dt_area;
-  int64_t num_dt;
   int64_t num_images, num_categories;
   std::vector<double> iou_thrs, rec_thrs, area_ranges;  // area_ranges: A x (lo, hi)
   std::vector<int64_t> max_dets;                         // ascending
@@ -321,9 +319,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coco_eval_bbox_cpu(
   TORCH_CHECK_VALUE(D == 0 || at::isfinite(dt_score).all().item<bool>(), "coco_eval_bbox: dt_score must be finite");
 
   Inputs in{gt_boxes.data_ptr<double>(), gt_image.data_ptr<int64_t>(), gt_category.data_ptr<int64_t>(),
-            gt_area.data_ptr<double>(), gt_crowd.data_ptr<bool>(), G,
+            gt_area.data_ptr<double>(), gt_crowd.data_ptr<bool>(),
             dt_boxes.data_ptr<double>(), dt_image.data_ptr<int64_t>(), dt_category.data_ptr<int64_t>(),
-            dt_score.data_ptr<double>(), dt_area.data_ptr<double>(), D, num_images, num_categories,
+            dt_score.data_ptr<double>(), dt_area.data_ptr<double>(), num_images, num_categories,
             iou_thresholds.vec(), recall_thresholds.vec(), area_ranges.vec(), max_dets.vec()};
   const int64_t T = iou_thresholds.size(), R = recall_thresholds.size(), K = num_categories,
                 A = area_ranges.size() / 2, M = max_dets.size();

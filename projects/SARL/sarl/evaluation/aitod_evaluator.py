@@ -365,9 +365,7 @@ def run_native_engine(
     """COCOeval evaluate + accumulate in this project's C++ kernel (:func:`sarl.ops.coco_eval_bbox`, threads over
     images and cells); same arrays as pycocotools to the bit (tests/test_evaluator.py). Layout as
     :func:`run_coco_engine`."""
-    if not native_engine_available():
-        raise RuntimeError("the 'sarl' evaluation engine needs the compiled extension sarl._C (make build)")
-    params = coco_params(max_dets, area_ranges)
+    params = coco_params(max_dets, area_ranges)  # sarl.ops.coco_eval_bbox raises when sarl._C is not built
 
     def t(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values))
