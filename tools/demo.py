@@ -116,12 +116,15 @@ def main(argv=None) -> int:
     parser.add_argument("--vis-score", type=float, default=0.3)
     parser.add_argument("--resume", action="store_true", help="continue a demo run in --output")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the idle cores, at least 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the model init and the data stream (repeatable runs)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(args.threads or auto_threads())
 
     from detectron2.data import DatasetCatalog
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
     from train_net import UserError, load_config
 
@@ -132,10 +135,13 @@ def main(argv=None) -> int:
     setup_logger(args.output, name="detectron2")
     setup_logger(args.output, name="sarl")
     try:
-        cfg = load_config(args.config_file, list(args.opts) + ["OUTPUT_DIR", args.output])
+        opts = ["SEED", str(args.seed)] + list(args.opts) + ["OUTPUT_DIR", args.output]
+        cfg = load_config(args.config_file, opts)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # As train_net's default_setup does: without it every run starts from other weights and another data order.
+    seed_all_rng(cfg.SEED)
     val_name = cfg.DATASETS.TEST[0]
 
     print("[demo] 1/5 dataset: generating / loading the synthetic aerial set", flush=True)
