@@ -3,6 +3,11 @@
 - ``shared_data_dir``: ``../shared/data`` beside the repository (real aerial images with labels);
   tests that need it skip with a reason when it is absent. Override with ``SARL_SHARED_DATA``.
 - ``requires_cuda``: skip marker with a reason when no GPU is present.
+- ``needs_extension(what, available)``: a test of compiled kernels. When they are missing it skips
+  with a reason, or fails when ``SARL_REQUIRE_EXTENSION=1`` (set by ``make test``, so a broken or
+  missing ``sarl._C`` fails the suite instead of quietly skipping the kernel tests).
+- ``needs_cuda_kernels``: the same for CUDA kernels: skips without a GPU; with a GPU and no CUDA
+  kernels in the build it skips, or fails under ``SARL_REQUIRE_EXTENSION=1``.
 """
 from __future__ import annotations
 
@@ -18,6 +23,42 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SARL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+REQUIRE_EXTENSION = os.environ.get("SARL_REQUIRE_EXTENSION", "0") == "1"
+
+
+def needs_extension(what: str, available: bool) -> pytest.MarkDecorator:
+    """Mark for tests of compiled kernels: ``what`` names them, ``available`` says they loaded."""
+    return pytest.mark.needs_extension(what, bool(available))
+
+
+def _cuda_kernels_ready() -> bool:
+    import sarl.ops
+
+    return sarl.ops.cuda_kernels_available()
+
+
+needs_cuda_kernels = [
+    requires_cuda,
+    pytest.mark.needs_extension("sarl._C with CUDA kernels (build with FORCE_CUDA=1 on this GPU machine)",
+                                torch.cuda.is_available() and _cuda_kernels_ready()),
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_extension(what, available): test of compiled sarl._C kernels")
+
+
+@pytest.fixture(autouse=True)
+def _required_extension(request):
+    marker = request.node.get_closest_marker("needs_extension")
+    if marker is None or marker.args[1]:
+        return
+    what = marker.args[0]
+    if REQUIRE_EXTENSION:
+        import sarl.ops
+
+        pytest.fail(f"{what} is not available and SARL_REQUIRE_EXTENSION=1: {sarl.ops.extension_info()}")
+    pytest.skip(f"{what} is not built (run scripts/build_ext.sh; SARL_REQUIRE_EXTENSION=1 makes this a failure)")
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ pytest.importorskip("pycocotools")
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode, Boxes, Instances  # noqa: E402
 
+from conftest import needs_extension  # noqa: E402
 from sarl.evaluation import AITODEvaluator, evaluate_detections, ignored_fraction  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -28,7 +29,7 @@ from sarl.evaluation.aitod_evaluator import (  # noqa: E402
     run_native_engine,
 )
 
-requires_native = pytest.mark.skipif(not native_engine_available(), reason="sarl._C (the 'sarl' engine) not built")
+requires_native = needs_extension("sarl._C (the 'sarl' evaluation engine)", native_engine_available())
 
 CLASSES = ["plane", "ship", "vehicle"]
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sarl.ops import cuda_kernels_available, relay_gate, relay_pool
+from conftest import needs_cuda_kernels
+from sarl.ops import relay_gate, relay_pool
 from sarl.ops.relay_reference import relay_gate_reference, relay_pool_reference
 
 pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
-    pytest.mark.skipif(not cuda_kernels_available(), reason="sarl._C was built without CUDA kernels (FORCE_CUDA=1)"),
+    *needs_cuda_kernels,
 ]
 
 
@@ -82,3 +82,136 @@ def test_device_mismatch_names_the_argument():
     x, cl, sl, r = _gate_inputs(1, 2, 4, 4, 2, 2, torch.float32, "cuda")
     with pytest.raises(RuntimeError, match="relay is on cpu"):
         torch.ops.sarl.relay_gate(x, cl, sl, r.cpu())
+
+
+def _cpu_and_cuda(*tensors):
+    """Leaf copies of ``tensors`` on the CPU and on CUDA (None stays None)."""
+    def leaf(t, device):
+        return None if t is None else t.detach().to(device).requires_grad_(t.requires_grad)
+    return [leaf(t, "cpu") for t in tensors], [leaf(t, "cuda") for t in tensors]
+
+
+def _gate_cpu_vs_cuda(x, cl, sl, r):
+    """Outputs and input gradients of relay_gate on the CPU kernels and the CUDA kernels."""
+    results = []
+    for inputs in _cpu_and_cuda(x, cl, sl, r):
+        out = relay_gate(*inputs)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+        leaves = [t for t in inputs if t is not None]
+        grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True) if out.numel() else [None] * len(leaves)
+        results.append((out.detach().cpu(), [None if g is None else g.cpu() for g in grads]))
+    return results
+
+
+def test_gate_cuda_without_relay():
+    x, cl, sl, _ = _gate_inputs(2, 6, 9, 11, 3, 3, torch.float64, "cuda")
+    out = relay_gate(x, cl, sl, None)
+    ref = relay_gate_reference(x, cl, sl, None)
+    torch.testing.assert_close(out, ref)
+    grad_out = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, (x, cl, sl), grad_out),
+                               torch.autograd.grad(ref, (x, cl, sl), grad_out))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+def test_empty_shapes_cuda_match_cpu(shape):
+    n, c, h, w = shape
+    g = torch.randn(*shape, dtype=torch.float64)
+    cpu_out, cuda_out = relay_pool(g), relay_pool(g.cuda())
+    for a, b in zip(cpu_out, cuda_out):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b.cpu(), a)
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    (out_cpu, grads_cpu), (out_cuda, grads_cuda) = _gate_cpu_vs_cuda(
+        x.requires_grad_(), torch.randn(n, c, dtype=torch.float64).requires_grad_(),
+        torch.randn(n, 1, h, w, dtype=torch.float64).requires_grad_(), None)
+    torch.testing.assert_close(out_cuda, out_cpu)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_non_contiguous_inputs_cuda(layout):
+    x, cl, sl, r = _gate_inputs(2, 8, 12, 10, 6, 5, torch.float64, "cuda")
+
+    def relayout(t):
+        t = t.detach()
+        if layout == "channels_last":
+            out = t.contiguous(memory_format=torch.channels_last)
+        elif layout == "transposed":
+            out = t.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, swapped strides
+        else:
+            out = torch.cat([t, t], dim=-1)[..., : t.shape[-1]]  # a strided view
+        assert not out.is_contiguous() or layout == "channels_last"
+        return out.requires_grad_()
+
+    x2, s2, r2 = relayout(x), relayout(sl), relayout(r)
+    cl2 = cl.detach().t().contiguous().t().requires_grad_()  # [N, C] with column-major strides
+    out = relay_gate(x2, cl2, s2, r2)
+    ref = relay_gate_reference(x2, cl2, s2, r2)
+    torch.testing.assert_close(out, ref)
+    grad_out = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (x2, cl2, s2, r2), grad_out),
+                               torch.autograd.grad(ref, (x2, cl2, s2, r2), grad_out))
+    g = relayout(torch.randn(2, 8, 7, 9, dtype=torch.float64, device="cuda"))
+    torch.testing.assert_close(relay_pool(g), relay_pool_reference(g))
+
+
+def test_batch_beyond_grid_limit_matches_cpu():
+    """More images than the CUDA grid's y limit (65535): the per-image kernels loop over images."""
+    n = 70_000
+    g = torch.randn(n, 2, 1, 2, dtype=torch.float64)
+    for a, b in zip(relay_pool(g), relay_pool(g.cuda())):
+        torch.testing.assert_close(b.cpu(), a)
+    gg = g.cuda().requires_grad_()
+    spatial, channel, _, _ = relay_pool(gg)
+    (grad_cuda,) = torch.autograd.grad((spatial.sum(), channel.sum()), (gg,))
+    gc = g.clone().requires_grad_()
+    spatial, channel, _, _ = relay_pool(gc)
+    (grad_cpu,) = torch.autograd.grad((spatial.sum(), channel.sum()), (gc,))
+    torch.testing.assert_close(grad_cuda.cpu(), grad_cpu)
+    x = torch.randn(n, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    inputs = (x, torch.randn(n, 2, dtype=torch.float64, requires_grad=True),
+              torch.randn(n, 1, 2, 2, dtype=torch.float64, requires_grad=True),
+              torch.randn(n, 2, 1, 1, dtype=torch.float64, requires_grad=True))
+    (out_cpu, grads_cpu), (out_cuda, grads_cuda) = _gate_cpu_vs_cuda(*inputs)
+    torch.testing.assert_close(out_cuda, out_cpu)
+    for a, b in zip(grads_cpu, grads_cuda):
+        torch.testing.assert_close(b, a)
+
+
+def test_gate_backward_is_deterministic():
+    """grad of the channel logits sums per-warp partials in a fixed order: repeated runs agree bit
+    for bit, and the op runs under torch.use_deterministic_algorithms(True)."""
+    x, cl, sl, r = _gate_inputs(4, 64, 80, 80, 40, 40, torch.float32, "cuda")
+    grad_out = torch.randn(4, 64, 80, 80, device="cuda")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = torch.autograd.grad(relay_gate(x, cl, sl, r), (x, cl, sl, r), grad_out)
+        for _ in range(3):
+            again = torch.autograd.grad(relay_gate(x, cl, sl, r), (x, cl, sl, r), grad_out)
+            for a, b in zip(first, again):
+                assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    ref = torch.autograd.grad(relay_gate_reference(x, cl, sl, r), (x, cl, sl, r), grad_out)
+    for a, b in zip(first, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_ops_run_on_a_side_stream():
+    """The kernels are launched on the current stream, not the default one."""
+    x, cl, sl, r = _gate_inputs(2, 16, 40, 40, 20, 20, torch.float32, "cuda")
+    expected_out = relay_gate_reference(x, cl, sl, r)
+    expected_pool = relay_pool_reference(r)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = relay_gate(x, cl, sl, r)
+        pool = relay_pool(r)
+        grads = torch.autograd.grad(out, (x, cl, sl, r), torch.ones_like(out))
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(pool, expected_pool)
+    ref_grads = torch.autograd.grad(expected_out, (x, cl, sl, r), torch.ones_like(expected_out))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

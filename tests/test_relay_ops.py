@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import needs_extension
 from sarl.ops import extension_available, relay_gate, relay_pool
 from sarl.ops.relay_reference import relay_gate_reference, relay_pool_reference
 
-requires_ext = pytest.mark.skipif(
-    not (extension_available() and hasattr(torch.ops.sarl, "relay_gate")),
-    reason="sarl._C with the relay ops is not built (run scripts/build_ext.sh)")
+requires_ext = needs_extension(
+    "sarl._C with the relay ops", extension_available() and hasattr(torch.ops.sarl, "relay_gate"))
 
 
 def _gate_inputs(n, c, h_out, w_out, h, w, dtype=torch.float64, relay=True):

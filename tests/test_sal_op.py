@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sarl.ops
+from conftest import needs_extension
 from sarl.ops import ScaleAdaptiveIoULoss, sal_weights, scale_adaptive_iou_loss
 from sarl.ops import _extension
 from sarl.ops.sal_reference import (
@@ -25,9 +26,8 @@ from sarl.ops.sal_reference import (
     scale_adaptive_iou_loss_reference,
 )
 
-requires_extension = pytest.mark.skipif(
-    not (sarl.ops.extension_available() and hasattr(torch.ops.sarl, "sal_loss")),
-    reason="sarl._C with the SAL kernels is not built (run scripts/build_ext.sh)")
+requires_extension = needs_extension(
+    "sarl._C with the SAL kernels", sarl.ops.extension_available() and hasattr(torch.ops.sarl, "sal_loss"))
 
 TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 
@@ -87,7 +87,7 @@ def _options(normalize: str, n: int) -> dict:
 def _loss_and_grad(fn, pred, target, **kw):
     p = pred.detach().clone().requires_grad_(True)
     loss = fn(p, target, **kw)
-    loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape))
+    loss.backward(torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape))
     return loss.detach(), p.grad
 
 

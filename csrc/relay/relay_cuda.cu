@@ -8,13 +8,15 @@
 //   relay_pool_backward  elementwise, no atomics.
 //   relay_gate           elementwise.
 //   relay_gate_backward  a thread per pixel walks the channels: writes grad_x, keeps grad_s in a
-//                        register, warp-reduces the channel partial and adds it atomically to a
-//                        float accumulator (so grad_c's summation order is not deterministic);
+//                        register and warp-reduces the channel partial into a per-warp slot; a
+//                        second small kernel adds each (n, c)'s slots in a fixed order (no atomics:
+//                        the result is deterministic, as torch.use_deterministic_algorithms wants);
 //                        the relay gradient is a gather over each relay element's footprint.
-// Half and bfloat16 accumulate in float32. Inputs are made contiguous NCHW first.
+// Kernels with a per-image grid dimension loop over images beyond the grid's y limit (65535), so
+// any batch size runs, as on the CPU. Half and bfloat16 accumulate in float32. Inputs are made
+// contiguous NCHW first (channels-last inputs cost one copy).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -43,6 +45,10 @@ int grid_size(int64_t work) {
   return static_cast<int>(std::min<int64_t>(ceil_div(work, kThreads), 65535LL * 8));
 }
 
+// Grid y extent of the per-image kernels: images beyond it are handled by the kernels' loop.
+constexpr int64_t kMaxGridY = 65535;
+unsigned int image_grid(int64_t N) { return static_cast<unsigned int>(std::min<int64_t>(N, kMaxGridY)); }
+
 // ---------------------------------------------------------------------------------------------
 // relay_pool
 // ---------------------------------------------------------------------------------------------
@@ -59,13 +65,13 @@ __device__ __forceinline__ void warp_reduce_channel(acc_t& sum, acc_t& mx, int64
   }
 }
 
-// grid (pixel tiles, N); block kThreads. Partials: [N, C, warps_total].
+// One image's share of relay_pool's pass: this block's pixel tile, all channels.
 template <typename scalar_t, typename acc_t>
-__global__ void pool_forward_kernel(const scalar_t* __restrict__ g, scalar_t* __restrict__ spatial,
-                                    int64_t* __restrict__ spatial_argmax, acc_t* __restrict__ part_sum,
-                                    acc_t* __restrict__ part_max, int64_t* __restrict__ part_idx, int64_t C,
-                                    int64_t HW, int64_t warps_total) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void pool_forward_image(const scalar_t* __restrict__ g, scalar_t* __restrict__ spatial,
+                                                   int64_t* __restrict__ spatial_argmax,
+                                                   acc_t* __restrict__ part_sum, acc_t* __restrict__ part_max,
+                                                   int64_t* __restrict__ part_idx, int64_t n, int64_t C, int64_t HW,
+                                                   int64_t warps_total) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const bool active = p < HW;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -96,6 +102,18 @@ __global__ void pool_forward_kernel(const scalar_t* __restrict__ g, scalar_t* __
     spatial[n * 2 * HW + p] = static_cast<scalar_t>(sum_c / static_cast<acc_t>(C));
     spatial[n * 2 * HW + HW + p] = static_cast<scalar_t>(max_c);
     spatial_argmax[n * HW + p] = arg_c;
+  }
+}
+
+// grid (pixel tiles, min(N, 65535)); block kThreads. Partials: [N, C, warps_total].
+template <typename scalar_t, typename acc_t>
+__global__ void pool_forward_kernel(const scalar_t* __restrict__ g, scalar_t* __restrict__ spatial,
+                                    int64_t* __restrict__ spatial_argmax, acc_t* __restrict__ part_sum,
+                                    acc_t* __restrict__ part_max, int64_t* __restrict__ part_idx, int64_t N,
+                                    int64_t C, int64_t HW, int64_t warps_total) {
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+    pool_forward_image<scalar_t, acc_t>(g, spatial, spatial_argmax, part_sum, part_max, part_idx, n, C, HW,
+                                        warps_total);
   }
 }
 
@@ -141,7 +159,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relay_pool_cuda(const Tensor& g_in) {
     channel_argmax.fill_(-1);
     return {spatial, channel, spatial_argmax, channel_argmax};
   }
-  TORCH_CHECK(N <= 65535, "relay_pool: batch size N = ", N, " exceeds the CUDA grid limit 65535");
   const int64_t tiles = ceil_div(HW, kThreads);
   const int64_t warps_total = tiles * kWarpsPerBlock;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -151,10 +168,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relay_pool_cuda(const Tensor& g_in) {
     Tensor part_sum = at::empty({N, C, warps_total}, opts.dtype(acc_dtype));
     Tensor part_max = at::empty({N, C, warps_total}, opts.dtype(acc_dtype));
     Tensor part_idx = at::empty({N, C, warps_total}, opts.dtype(at::kLong));
-    pool_forward_kernel<scalar_t, acc_t><<<dim3(tiles, N), kThreads, 0, stream>>>(
+    pool_forward_kernel<scalar_t, acc_t><<<dim3(tiles, image_grid(N)), kThreads, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), spatial.mutable_data_ptr<scalar_t>(),
         spatial_argmax.mutable_data_ptr<int64_t>(), part_sum.mutable_data_ptr<acc_t>(),
-        part_max.mutable_data_ptr<acc_t>(), part_idx.mutable_data_ptr<int64_t>(), C, HW, warps_total);
+        part_max.mutable_data_ptr<acc_t>(), part_idx.mutable_data_ptr<int64_t>(), N, C, HW, warps_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     pool_channel_reduce_kernel<scalar_t, acc_t><<<grid_size(N * C), kThreads, 0, stream>>>(
         part_sum.const_data_ptr<acc_t>(), part_max.const_data_ptr<acc_t>(), part_idx.const_data_ptr<int64_t>(),
@@ -247,16 +264,20 @@ Tensor relay_gate_cuda(const Tensor& x_in, const Tensor& c_in, const Tensor& s_i
   return out;
 }
 
-// grid (pixel tiles, N). grad_c_acc [N, C] in acc_t, zero-initialised.
+// One image's share of the gate backward: this block's pixel tile, all channels. The channel
+// partial of each warp goes to its own slot of grad_c_part [N, C, warps_total] (summed later in a
+// fixed order).
 template <typename scalar_t, typename acc_t>
-__global__ void gate_backward_pixels_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                                            const scalar_t* __restrict__ c_logits,
-                                            const scalar_t* __restrict__ s_logits, scalar_t* __restrict__ grad_x,
-                                            scalar_t* __restrict__ grad_s, acc_t* __restrict__ grad_c_acc, int64_t C,
-                                            int64_t HW) {
-  const int64_t n = blockIdx.y;
+__device__ __forceinline__ void gate_backward_image(const scalar_t* __restrict__ grad_out,
+                                                    const scalar_t* __restrict__ x,
+                                                    const scalar_t* __restrict__ c_logits,
+                                                    const scalar_t* __restrict__ s_logits,
+                                                    scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_s,
+                                                    acc_t* __restrict__ grad_c_part, int64_t n, int64_t C,
+                                                    int64_t HW, int64_t warps_total) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const bool active = p < HW;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   const acc_t sig_s = active ? sigmoid<acc_t>(static_cast<acc_t>(s_logits[n * HW + p])) : acc_t(0);
   acc_t acc_s = acc_t(0);
@@ -273,19 +294,35 @@ __global__ void gate_backward_pixels_kernel(const scalar_t* __restrict__ grad_ou
     }
     for (int offset = kWarp / 2; offset > 0; offset /= 2)
       channel_partial += __shfl_down_sync(0xffffffffu, channel_partial, offset);
-    if (lane == 0) gpuAtomicAdd(grad_c_acc + n * C + c, channel_partial);
+    if (lane == 0) grad_c_part[(n * C + c) * warps_total + warp] = channel_partial;
   }
   if (active) grad_s[n * HW + p] = static_cast<scalar_t>(acc_s * sigmoid_grad<acc_t>(sig_s));
 }
 
+// grid (pixel tiles, min(N, 65535)); block kThreads.
 template <typename scalar_t, typename acc_t>
-__global__ void gate_backward_channel_kernel(const acc_t* __restrict__ grad_c_acc,
+__global__ void gate_backward_pixels_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                                            const scalar_t* __restrict__ c_logits,
+                                            const scalar_t* __restrict__ s_logits, scalar_t* __restrict__ grad_x,
+                                            scalar_t* __restrict__ grad_s, acc_t* __restrict__ grad_c_part, int64_t N,
+                                            int64_t C, int64_t HW, int64_t warps_total) {
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+    gate_backward_image<scalar_t, acc_t>(grad_out, x, c_logits, s_logits, grad_x, grad_s, grad_c_part, n, C, HW,
+                                         warps_total);
+  }
+}
+
+// grad_c[n, c] = sigmoid'(c) * (sum of the warp slots of (n, c), in slot order).
+template <typename scalar_t, typename acc_t>
+__global__ void gate_backward_channel_kernel(const acc_t* __restrict__ grad_c_part,
                                              const scalar_t* __restrict__ c_logits, scalar_t* __restrict__ grad_c,
-                                             int64_t NC) {
+                                             int64_t NC, int64_t warps_total) {
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < NC;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t sum = acc_t(0);
+    for (int64_t k = 0; k < warps_total; ++k) sum += grad_c_part[t * warps_total + k];
     const acc_t sig_c = sigmoid<acc_t>(static_cast<acc_t>(c_logits[t]));
-    grad_c[t] = static_cast<scalar_t>(grad_c_acc[t] * sigmoid_grad<acc_t>(sig_c));
+    grad_c[t] = static_cast<scalar_t>(sum * sigmoid_grad<acc_t>(sig_c));
   }
 }
 
@@ -326,19 +363,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relay_gate_backward_cuda(const Tensor
   const Tensor grad_out = grad_out_in.contiguous(), x = x_in.contiguous(), c = c_in.contiguous(),
                s = s_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  TORCH_CHECK(N <= 65535, "relay_gate_backward: batch size N = ", N, " exceeds the CUDA grid limit 65535");
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "relay_gate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    Tensor grad_c_acc = at::zeros({N, C}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
-    gate_backward_pixels_kernel<scalar_t, acc_t><<<dim3(ceil_div(HW, kThreads), N), kThreads, 0, stream>>>(
+    const int64_t tiles = ceil_div(HW, kThreads), warps_total = tiles * kWarpsPerBlock;
+    Tensor grad_c_part = at::empty({N, C, warps_total}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
+    gate_backward_pixels_kernel<scalar_t, acc_t><<<dim3(tiles, image_grid(N)), kThreads, 0, stream>>>(
         grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
         s.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), grad_s.mutable_data_ptr<scalar_t>(),
-        grad_c_acc.mutable_data_ptr<acc_t>(), C, HW);
+        grad_c_part.mutable_data_ptr<acc_t>(), N, C, HW, warps_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     gate_backward_channel_kernel<scalar_t, acc_t><<<grid_size(N * C), kThreads, 0, stream>>>(
-        grad_c_acc.const_data_ptr<acc_t>(), c.const_data_ptr<scalar_t>(), grad_c.mutable_data_ptr<scalar_t>(),
-        N * C);
+        grad_c_part.const_data_ptr<acc_t>(), c.const_data_ptr<scalar_t>(), grad_c.mutable_data_ptr<scalar_t>(),
+        N * C, warps_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (has_relay && grad_relay.numel() > 0) {
       gate_backward_relay_kernel<scalar_t, acc_t><<<grid_size(grad_relay.numel()), kThreads, 0, stream>>>(

@@ -57,14 +57,14 @@ void area_minmax(const T* tgt, int64_t begin, int64_t end, T& lo_out, T& hi_out)
     for (int j = 0; j < kLanes; ++j) {
       const Box<T> c = corners<kFmt>(Box<T>{q[4 * j], q[4 * j + 1], q[4 * j + 2], q[4 * j + 3]});
       const T a = clamp_min0(c.x2 - c.x1) * clamp_min0(c.y2 - c.y1);
-      lo[j] = a < lo[j] ? a : lo[j];
-      hi[j] = a > hi[j] ? a : hi[j];
+      lo[j] = area_range_min(lo[j], a);
+      hi[j] = area_range_max(hi[j], a);
     }
   }
   for (; i < end; ++i) {
     const T a = box_area<kFmt>(tgt + 4 * i);
-    lo[0] = a < lo[0] ? a : lo[0];
-    hi[0] = a > hi[0] ? a : hi[0];
+    lo[0] = area_range_min(lo[0], a);
+    hi[0] = area_range_max(hi[0], a);
   }
   T l = lo[0], h = hi[0];
   for (int j = 1; j < kLanes; ++j) {
@@ -113,8 +113,8 @@ Ranges<T> area_ranges(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, co
   for (int64_t i = 0; i < n; ++i) {
     const T a = box_area(tgt + 4 * i, fmt);
     const int64_t g = bidx[i];
-    r.lo[g] = std::min(r.lo[g], a);
-    r.hi[g] = std::max(r.hi[g], a);
+    r.lo[g] = area_range_min(r.lo[g], a);
+    r.hi[g] = area_range_max(r.hi[g], a);
   }
   return r;
 }

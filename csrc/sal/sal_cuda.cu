@@ -3,12 +3,14 @@
 // The per-box math is sal_math.h (shared with the CPU loop). Passes:
 //   1. normalize="batch": target-area min/max, reduced per block (warp shuffles + shared memory),
 //      then one atomicMin/atomicMax per block on the float's bit pattern (areas are >= 0, so their
-//      IEEE bits order like integers). normalize="image": per-box atomics into per-image slots.
+//      IEEE bits order like integers; a NaN area is skipped, as on the CPU). normalize="image":
+//      per-box atomics into per-image slots.
 //   2. one grid-stride pass: weight, loss and d loss/d pred per box; the loss sum is reduced per
 //      block into a partial buffer, and
 //   3. a single block adds the partials in a fixed order (deterministic result).
-// Non-finite targets are flagged with an atomicMin on the first bad row and raised as ValueError
-// after the pass (one device-to-host copy).
+// No pass copies anything to the host: a non-finite target is flagged on the device (atomicMin on
+// the first bad row) and checked with at::_assert_async, which fails the stream with the message
+// below instead of stalling it. "image" mode alone reads the group count (sizing its slots).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ATen.h>
@@ -28,21 +30,33 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;  // grid-stride beyond this: bounds the partial-sum buffer
 
-// Bit patterns of non-negative floating-point values order like signed integers.
+// Bit patterns of non-negative floating-point values order like signed integers. `type` is what the
+// CUDA atomics take (int, long long); `storage` is the tensor element type that holds it: libtorch
+// exports data_ptr<T> for int32_t and int64_t (`long` on Linux) but not for `long long`, so a
+// data_ptr<long long>() call links yet leaves the library unloadable (undefined symbol).
 template <typename T>
 struct OrderedBits;
 template <>
 struct OrderedBits<float> {
   using type = int;
+  using storage = int32_t;
   __device__ static int encode(float v) { return __float_as_int(v + 0.0f); }  // +0 turns -0 into +0
   __device__ static float decode(int b) { return __int_as_float(b); }
 };
 template <>
 struct OrderedBits<double> {
   using type = long long;
+  using storage = int64_t;
   __device__ static long long encode(double v) { return __double_as_longlong(v + 0.0); }
   __device__ static double decode(long long b) { return __longlong_as_double(b); }
 };
+static_assert(sizeof(OrderedBits<double>::type) == sizeof(OrderedBits<double>::storage), "bit storage size");
+
+// The bit-pattern slots of a range tensor, typed for the atomics.
+template <typename T>
+typename OrderedBits<T>::type* range_bits_ptr(const at::Tensor& bits) {
+  return reinterpret_cast<typename OrderedBits<T>::type*>(bits.data_ptr<typename OrderedBits<T>::storage>());
+}
 
 template <typename T>
 __device__ T warp_reduce_sum(T v) {
@@ -80,8 +94,8 @@ __global__ void batch_area_range_kernel(const T* __restrict__ tgt, int64_t n, Bo
   T lo = std::numeric_limits<T>::infinity(), hi = T(0);
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const T a = box_area(tgt + 4 * i, fmt);
-    lo = min2(lo, a);
-    hi = max2(hi, a);
+    lo = area_range_min(lo, a);
+    hi = area_range_max(hi, a);
   }
   lo = block_reduce(lo, shared, [](T v) { return warp_reduce_min(v); }, std::numeric_limits<T>::infinity());
   hi = block_reduce(hi, shared, [](T v) { return warp_reduce_max(v); }, T(0));
@@ -96,7 +110,9 @@ __global__ void image_area_range_kernel(const T* __restrict__ tgt, const int64_t
                                         BoxFormat fmt, typename OrderedBits<T>::type* __restrict__ range_bits,
                                         int64_t groups) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const auto bits = OrderedBits<T>::encode(box_area(tgt + 4 * i, fmt));
+    const T a = box_area(tgt + 4 * i, fmt);
+    if (a != a) continue;  // NaN: skipped, as the CPU's running min/max does
+    const auto bits = OrderedBits<T>::encode(a);
     const int64_t g = bidx[i];
     atomicMin(&range_bits[g], bits);
     atomicMax(&range_bits[groups + g], bits);
@@ -193,8 +209,8 @@ int num_blocks(int64_t n) {
 template <typename T>
 at::Tensor area_range_bits(const at::Tensor& target, const at::Tensor& bidx, Normalize norm, BoxFormat fmt,
                            int64_t* groups_out, cudaStream_t stream) {
-  using Bits = typename OrderedBits<T>::type;
-  const auto bits_dtype = sizeof(Bits) == 4 ? at::kInt : at::kLong;
+  using Storage = typename OrderedBits<T>::storage;
+  const auto bits_dtype = sizeof(Storage) == 4 ? at::kInt : at::kLong;
   const int64_t n = target.size(0);
   *groups_out = 1;
   if (norm != Normalize::kBatch && norm != Normalize::kImage) return at::Tensor();
@@ -208,25 +224,30 @@ at::Tensor area_range_bits(const at::Tensor& target, const at::Tensor& bidx, Nor
   *groups_out = groups;
   // Layout [lo_0..lo_{G-1}, hi_0..hi_{G-1}], starting at lo = +inf and hi = 0 as bit patterns
   // (areas are >= 0).
-  const int64_t inf_bits = sizeof(Bits) == 4 ? int64_t(0x7f800000) : int64_t(0x7ff0000000000000LL);
+  const int64_t inf_bits = sizeof(Storage) == 4 ? int64_t(0x7f800000) : int64_t(0x7ff0000000000000LL);
   at::Tensor bits = at::zeros({2 * groups}, target.options().dtype(bits_dtype));
   bits.narrow(0, 0, groups).fill_(inf_bits);
   if (n > 0) {
     if (norm == Normalize::kBatch) {
       batch_area_range_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(target.data_ptr<T>(), n, fmt,
-                                                                         bits.data_ptr<Bits>());
+                                                                         range_bits_ptr<T>(bits));
     } else {
       image_area_range_kernel<T><<<num_blocks(n), kThreads, 0, stream>>>(
-          target.data_ptr<T>(), bidx.data_ptr<int64_t>(), n, fmt, bits.data_ptr<Bits>(), groups);
+          target.data_ptr<T>(), bidx.data_ptr<int64_t>(), n, fmt, range_bits_ptr<T>(bits), groups);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return bits;
 }
 
-void raise_if_non_finite(const at::Tensor& first_bad_row, int64_t n) {
-  const int64_t row = static_cast<int64_t>(first_bad_row.cpu().item<int64_t>());
-  TORCH_CHECK_VALUE(row < 0 || row >= n, "target must be finite: row ", row, " has a NaN or infinite coordinate");
+// Fails the stream (no host copy, so the op stays asynchronous and CUDA-graph capturable) when a
+// kernel flagged a non-finite target row. The CPU kernels raise a ValueError naming the row; here
+// the row is on the device, so the message says how to find it.
+void assert_targets_finite(const at::Tensor& first_bad_row, int64_t n) {
+  if (n == 0) return;
+  at::_assert_async(first_bad_row.ge(n).squeeze(0),
+                    "sarl::sal_loss/sal_weights: target must be finite (a row has a NaN or infinite coordinate; "
+                    "run the same call on the CPU to get the row number)");
 }
 
 std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
@@ -258,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
     const at::Tensor bits = area_range_bits<scalar_t>(target, bidx_t, norm, fmt, &groups, stream);
     WeightParams<scalar_t> wp{norm, fmt, static_cast<scalar_t>(beta), static_cast<scalar_t>(area_lo),
                               static_cast<scalar_t>(area_hi),
-                              bits.defined() ? bits.data_ptr<typename OrderedBits<scalar_t>::type>() : nullptr,
+                              bits.defined() ? range_bits_ptr<scalar_t>(bits) : nullptr,
                               bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr, groups};
     const int blocks = num_blocks(n);
     at::Tensor partial;
@@ -278,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  raise_if_non_finite(first_bad_row, n);
+  assert_targets_finite(first_bad_row, n);
   return {loss, grad};
 }
 
@@ -299,7 +320,7 @@ at::Tensor sal_weights_cuda(const at::Tensor& target_in, const c10::optional<at:
     const at::Tensor bits = area_range_bits<scalar_t>(target, bidx_t, norm, fmt, &groups, stream);
     WeightParams<scalar_t> wp{norm, fmt, static_cast<scalar_t>(beta), static_cast<scalar_t>(area_lo),
                               static_cast<scalar_t>(area_hi),
-                              bits.defined() ? bits.data_ptr<typename OrderedBits<scalar_t>::type>() : nullptr,
+                              bits.defined() ? range_bits_ptr<scalar_t>(bits) : nullptr,
                               bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr, groups};
     if (n > 0) {
       sal_weights_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
@@ -308,7 +329,7 @@ at::Tensor sal_weights_cuda(const at::Tensor& target_in, const c10::optional<at:
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  raise_if_non_finite(first_bad_row, n);
+  assert_targets_finite(first_bad_row, n);
   return out;
 }
 

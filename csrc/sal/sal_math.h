@@ -80,6 +80,18 @@ SARL_HD_INLINE T max2_grad_a(T a, T b) {
   return static_cast<T>(a > b) + T(0.5) * static_cast<T>(a == b);
 }
 
+// Running min/max of box areas that a NaN never enters: `a < lo` and `a > hi` are false for a
+// NaN area (finite corners whose difference overflows give inf * 0 = NaN), so the CPU loops and
+// the CUDA kernels skip it alike and the group's range stays that of its other boxes.
+template <typename T>
+SARL_HD_INLINE T area_range_min(T lo, T a) {
+  return a < lo ? a : lo;
+}
+template <typename T>
+SARL_HD_INLINE T area_range_max(T hi, T a) {
+  return a > hi ? a : hi;
+}
+
 // A box read from memory in either format, as corners.
 template <typename T>
 struct Box {
@@ -134,7 +146,7 @@ SARL_HD_INLINE T log_1_to_2(T x) {
 }
 
 // s = (a - lo) / (hi - lo) clamped to [0, 1]; 0 when hi <= lo (a degenerate group: all equal).
-// w = beta * ln(2 - s): 2 * beta * ln 2 ... for the smallest box, 0 for the largest.
+// w = beta * ln(2 - s): beta * ln 2 for the smallest box (2 at beta = 2/ln2), 0 for the largest.
 template <typename T>
 SARL_HD_INLINE T scale_weight(T area, T lo, T hi, T beta) {
   const T spread = hi - lo;
