@@ -69,6 +69,10 @@ def cell_overrides(cell: Dict, args, seed: int) -> List[str]:
         "DATALOADER.NUM_WORKERS", str(args.num_workers),
         "SOLVER.IMS_PER_BATCH", str(args.ims_per_batch), "SOLVER.YOLO.EPOCHS", str(args.epochs),
         "SOLVER.YOLO.WARMUP_EPOCHS", str(args.warmup_epochs), "SOLVER.YOLO.NO_AUG_EPOCHS", str(args.no_aug_epochs),
+        # One recipe for both detectors (YOLOX's, per-image lr): at these budgets YOLOv5's own recipe
+        # (64-image nominal batch, 100+ warmup iterations) would barely step. Override with
+        # `SOLVER.YOLO.RECIPE yolov5` after the options to use it.
+        "SOLVER.YOLO.RECIPE", "yolox",
         "SOLVER.YOLO.BASE_LR_PER_IMAGE", str(args.lr_per_image), "SOLVER.EMA.RAMP", str(args.ema_ramp),
         "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period), "TEST.EVAL_PERIOD", "0",
         "TEST.DETECTIONS_PER_IMAGE", str(args.detections_per_image), "SEED", str(seed),

@@ -139,6 +139,11 @@ def _add_input_config(cfg: CN) -> None:
     cfg.INPUT.YOLO.MIN_VISIBLE_FRACTION = 0.1
     # Fill VisDrone ignore regions with grey before augmentation (their objects are unlabelled).
     cfg.INPUT.YOLO.MASK_IGNORE_REGIONS = True
+    # Large frames (aerial): train on IMG_SIZE windows cut at native resolution instead of letterboxing the whole
+    # frame (which shrinks tiny objects); a window holds a random object with prob CROP_OBJECT_PROB. Images no
+    # larger than IMG_SIZE keep the letterbox path. Evaluate such frames with TEST.SLICED.ENABLED.
+    cfg.INPUT.YOLO.NATIVE_CROP = False
+    cfg.INPUT.YOLO.CROP_OBJECT_PROB = 0.8
     # Seed of the mapper's RNG (mosaic partners, augmentation draws); -1: from torch.initial_seed().
     # Either way each DataLoader worker gets its own deterministic stream.
     cfg.INPUT.YOLO.SEED = -1
@@ -146,10 +151,13 @@ def _add_input_config(cfg: CN) -> None:
 
 def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.YOLO = CN()
-    cfg.SOLVER.YOLO.ENABLED = True  # YOLOX schedule (warmup + cosine, nesterov, no-decay on BN/bias)
+    cfg.SOLVER.YOLO.ENABLED = True  # YOLO optimizer/schedule (RECIPE below); False: detectron2's defaults
     cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE = 0.01 / 64
+    # YOLOX recipe's optimizer: "sgd" (nesterov, YOLOX) or "adamw" (Ultralytics' pick for short runs; betas
+    # (SOLVER.MOMENTUM, 0.999), decoupled decay on conv weights); lr = BASE_LR_PER_IMAGE * IMS_PER_BATCH either way.
+    cfg.SOLVER.YOLO.OPTIMIZER = "sgd"  # yolox: lr = this x IMS_PER_BATCH (yolov5: SOLVER.BASE_LR)
     cfg.SOLVER.YOLO.WARMUP_EPOCHS = 5
-    cfg.SOLVER.YOLO.MIN_LR_RATIO = 0.05
+    cfg.SOLVER.YOLO.MIN_LR_RATIO = 0.05  # yolox: the cosine's floor (yolov5: FINAL_LR_RATIO)
     cfg.SOLVER.YOLO.NO_AUG_EPOCHS = 15
     cfg.SOLVER.YOLO.EPOCHS = 300
     # Iterations per epoch; 0 = len(dataset) // IMS_PER_BATCH. EPOCHS * ITERS_PER_EPOCH replaces
@@ -157,6 +165,19 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.YOLO.ITERS_PER_EPOCH = 0
     # Convert every BatchNorm to SyncBatchNorm when training on several CUDA processes.
     cfg.SOLVER.YOLO.SYNC_BN = False
+    # Optimizer recipe (sarl/engine): "yolox" = BASE_LR_PER_IMAGE x batch, warmup + cosine, a step per batch;
+    # "yolov5" = YOLOv5 v7.0 train.py: lr0 SOLVER.BASE_LR, gradient accumulation to the nominal batch, linear lf.
+    cfg.SOLVER.YOLO.RECIPE = "yolox"
+    # yolov5: images per optimizer update (nbs): steps every max(round(nbs / IMS_PER_BATCH), 1) iterations.
+    cfg.SOLVER.YOLO.NOMINAL_BATCH_SIZE = 64
+    # yolov5: the bias lr at iteration 0, falling linearly to lr0 * lf(epoch) over warmup.
+    cfg.SOLVER.YOLO.WARMUP_BIAS_LR = 0.1
+    # yolov5: the momentum at iteration 0, rising linearly to SOLVER.MOMENTUM over warmup.
+    cfg.SOLVER.YOLO.WARMUP_MOMENTUM = 0.8
+    # yolov5: lrf, the final lr as a fraction of lr0 (linear lf(epoch) = (1 - epoch/EPOCHS)(1 - lrf) + lrf).
+    cfg.SOLVER.YOLO.FINAL_LR_RATIO = 0.01
+    # yolov5: warmup lasts max(round(WARMUP_EPOCHS x iterations per epoch), this) iterations.
+    cfg.SOLVER.YOLO.MIN_WARMUP_ITERS = 100
     cfg.SOLVER.EMA = CN()
     cfg.SOLVER.EMA.ENABLED = True
     cfg.SOLVER.EMA.DECAY = 0.9998
@@ -171,3 +192,10 @@ def _add_test_config(cfg: CN) -> None:
     # "pycocotools": the same arrays from all three.
     cfg.TEST.AITOD.ENGINE = "sarl"
     cfg.TEST.DETECTIONS_PER_IMAGE = 3000
+    # Whole images at native resolution: images larger than INPUT.YOLO.IMG_SIZE are tiled, run tile by tile and
+    # merged (class-wise NMS) before scoring (sarl.inference.SlicedDetector); smaller ones are letterboxed.
+    cfg.TEST.SLICED = CN()
+    cfg.TEST.SLICED.ENABLED = False
+    cfg.TEST.SLICED.SLICE_SIZE = 0  # 0: INPUT.YOLO.IMG_SIZE
+    cfg.TEST.SLICED.OVERLAP = 0.2  # fraction of SLICE_SIZE shared by neighbouring tiles
+    cfg.TEST.SLICED.BATCH_SIZE = 4  # tiles per model call

@@ -1,6 +1,10 @@
 """``YOLOMapper``: dataset dict -> model input, with YOLOX-style augmentation that keeps tiny objects.
 
 Training pipeline (each step switchable by config, INPUT.YOLO.*):
+    NATIVE_CROP:            each image larger than IMG_SIZE (the main one and mosaic/mixup partners) is first
+                            cut to an IMG_SIZE window at native resolution, placed on a random object with prob
+                            CROP_OBJECT_PROB (aerial frames: objects keep their pixel size instead of shrinking
+                            with a letterbox of the whole frame); smaller images pass unchanged
     with prob MOSAIC_PROB:  mosaic of 4 images (3 partners drawn from ``dataset_dicts``)
                             -> random affine (DEGREES, TRANSLATE, MOSAIC_SCALE, SHEAR) to IMG_SIZE
                             -> with prob MIXUP_PROB: mixup with one more letterboxed image (MIXUP_SCALE)
@@ -8,7 +12,9 @@ Training pipeline (each step switchable by config, INPUT.YOLO.*):
     then:                   HSV jitter (HSV_PROB, HSV_GAIN), horizontal flip (FLIP_PROB)
     boxes:                  clipped to the image; kept when both sides >= MIN_BOX_SIZE (default 1 px) and at least
                             MIN_VISIBLE_FRACTION of the box is inside the image. No cap on the number of labels.
-Test pipeline: letterbox only.
+Test pipeline: letterbox only; with ``native_test`` (``TEST.SLICED.ENABLED``) images larger than IMG_SIZE are
+passed whole at native resolution, marked ``"sliced": True``, for the sliced predictor
+(``sarl.inference.SlicedDetector``) to tile; smaller ones are letterboxed as in training.
 
 ``set_augmentation(False)`` (the YOLOX "no-aug" last epochs) switches off mosaic, mixup and the random affine;
 HSV and flip stay on, as in YOLOX. The flag lives in a ``multiprocessing.Value`` created with the mapper, so the
@@ -84,7 +90,8 @@ class YOLOMapper:
             in ``image``; ``(1.0, 0.0, 0.0)`` for mosaic samples, whose frame is not that of one original image.
     """
 
-    def __init__(self, cfg, is_train: bool, dataset_dicts: Optional[List[Dict[str, Any]]] = None):
+    def __init__(self, cfg, is_train: bool, dataset_dicts: Optional[List[Dict[str, Any]]] = None,
+                 native_test: Optional[bool] = None):
         yolo = cfg.INPUT.YOLO
         self.is_train = is_train
         self.img_size = int(yolo.IMG_SIZE)
@@ -104,6 +111,11 @@ class YOLOMapper:
         self.min_box_size = float(yolo.MIN_BOX_SIZE)
         self.min_visible = float(yolo.get("MIN_VISIBLE_FRACTION", 0.1))
         self.mask_ignore_regions = bool(yolo.get("MASK_IGNORE_REGIONS", True))
+        self.native_crop = bool(yolo.NATIVE_CROP)
+        self.crop_object_prob = float(yolo.CROP_OBJECT_PROB)
+        if not 0.0 <= self.crop_object_prob <= 1.0:
+            raise ValueError(f"cfg.INPUT.YOLO.CROP_OBJECT_PROB must be in [0, 1], got {self.crop_object_prob}")
+        self.native_test = bool(cfg.TEST.SLICED.ENABLED) if native_test is None else bool(native_test)
         seed = int(yolo.get("SEED", -1))
         self.seed: Optional[int] = None if seed < 0 else seed
         if self.img_size <= 0 or self.img_size % 2:
@@ -223,18 +235,30 @@ class YOLOMapper:
 
     def _map_test(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray]):
         image, boxes, classes = loaded
-        out_image, scale, pad_x, pad_y = T.letterbox(image, self.img_size)
         with_targets = "annotations" in dataset_dict
+        if self.native_test and max(image.shape[:2]) > self.img_size:
+            out = self._output(dataset_dict, image, boxes if with_targets else None, classes, (1.0, 0.0, 0.0))
+            out["sliced"] = True
+            return out
+        out_image, scale, pad_x, pad_y = T.letterbox(image, self.img_size)
         boxes = T.letterbox_boxes(boxes, scale, pad_x, pad_y)
         return self._output(dataset_dict, out_image, boxes if with_targets else None, classes, (scale, pad_x, pad_y))
 
+    def _crop(self, loaded: Tuple[np.ndarray, np.ndarray, np.ndarray], rng: np.random.Generator
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``NATIVE_CROP``: an IMG_SIZE window of a larger image at native resolution (else unchanged)."""
+        if not self.native_crop:
+            return loaded
+        return T.native_crop(*loaded, self.img_size, rng, object_prob=self.crop_object_prob,
+                             min_size=self.min_box_size, min_visible=self.min_visible)
+
     def _map_train(self, dataset_dict: Dict[str, Any], loaded: Tuple[np.ndarray, np.ndarray, np.ndarray],
                    rng: np.random.Generator):
-        image, boxes, classes = loaded
+        image, boxes, classes = self._crop(loaded, rng)
         size = self.img_size
         strong = self.augmentation_enabled
         if strong and rng.uniform() < self.mosaic_prob:
-            partners = [self._read_random(rng)[1] for _ in range(3)]
+            partners = [self._crop(self._read_random(rng)[1], rng) for _ in range(3)]
             images = [image] + [p[0] for p in partners]
             canvas, boxes, classes = T.mosaic(images, [boxes] + [p[1] for p in partners],
                                               [classes] + [p[2] for p in partners], size, rng)
@@ -244,7 +268,7 @@ class YOLOMapper:
                 min_visible=self.min_visible)
             letterbox_params = (1.0, 0.0, 0.0)
             if rng.uniform() < self.mixup_prob:
-                other_image, other_boxes, other_classes = self._read_random(rng)[1]
+                other_image, other_boxes, other_classes = self._crop(self._read_random(rng)[1], rng)
                 image, boxes, classes = T.mixup(
                     image, boxes, classes, other_image, other_boxes, other_classes, rng,
                     scale_range=self.mixup_scale, min_size=self.min_box_size, min_visible=self.min_visible)
@@ -273,7 +297,7 @@ class YOLOMapper:
             "letterbox": tuple(float(v) for v in letterbox_params),
         }
         if boxes is not None:
-            instances = Instances((self.img_size, self.img_size))
+            instances = Instances(tuple(image.shape[:2]))
             instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
             out["instances"] = instances

@@ -87,6 +87,57 @@ def unletterbox_boxes(boxes: np.ndarray, scale: float, pad_x: float, pad_y: floa
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Native-resolution crop (large frames)
+# ----------------------------------------------------------------------------------------------------------------
+def crop_window(
+    width: int, height: int, size: int, boxes: np.ndarray, rng: np.random.Generator, object_prob: float
+) -> Tuple[int, int, int, int]:
+    """A ``min(size, width) x min(size, height)`` window ``(x0, y0, x1, y1)`` of a ``width x height`` image.
+
+    With probability ``object_prob`` (and when there are boxes) the window holds the centre of a random box at
+    a uniformly random place inside it (clamped to the image), so crops of sparse scenes still show objects;
+    otherwise its place is uniform over the image.
+    """
+    crop_w, crop_h = min(size, width), min(size, height)
+    max_x0, max_y0 = width - crop_w, height - crop_h
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) and rng.uniform() < object_prob:
+        box = boxes[int(rng.integers(len(boxes)))]
+        cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
+        x0 = int(np.clip(np.floor(cx - rng.uniform(0.0, crop_w)), 0, max_x0))
+        y0 = int(np.clip(np.floor(cy - rng.uniform(0.0, crop_h)), 0, max_y0))
+    else:
+        x0, y0 = int(rng.integers(0, max_x0 + 1)), int(rng.integers(0, max_y0 + 1))
+    return x0, y0, x0 + crop_w, y0 + crop_h
+
+
+def native_crop(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    object_prob: float = 0.8,
+    min_size: float = 1.0,
+    min_visible: float = 0.1,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A window of at most ``size x size`` pixels cut from ``image`` at its native resolution (objects keep their
+    pixel size), placed by :func:`crop_window`. Boxes cut by the window are clipped and kept when both sides are
+    >= ``min_size`` and at least ``min_visible`` of their area is inside (the same rule as the affine).
+    An image no larger than ``size`` either way is returned unchanged."""
+    height, width = image.shape[:2]
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if width <= size and height <= size:
+        return image, boxes, np.asarray(classes)
+    x0, y0, x1, y1 = crop_window(width, height, size, boxes, rng, object_prob)
+    moved = boxes - np.array([x0, y0, x0, y0], dtype=np.float64)
+    clipped = clip_boxes(moved, x1 - x0, y1 - y0)
+    kept_boxes, kept_classes = filter_boxes(clipped, classes, min_size, _area(moved), min_visible)
+    return np.ascontiguousarray(image[y0:y1, x0:x1]), kept_boxes, kept_classes
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Photometric and flip
 # ----------------------------------------------------------------------------------------------------------------
 def augment_hsv(image: np.ndarray, gains: Sequence[float], rng: np.random.Generator) -> np.ndarray:

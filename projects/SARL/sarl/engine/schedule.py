@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["EpochPlan", "YOLOXWarmCosineMultiplier", "yolo_param_groups"]
+__all__ = ["EpochPlan", "YOLOXWarmCosineMultiplier", "yolo_param_groups", "build_yolo_sgd", "build_yolo_optimizer"]
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -118,3 +118,14 @@ def build_yolo_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: f
                    ) -> torch.optim.SGD:
     """SGD (nesterov) over :func:`yolo_param_groups`."""
     return torch.optim.SGD(yolo_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def build_yolo_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float
+                         ) -> torch.optim.Optimizer:
+    """``SOLVER.YOLO.OPTIMIZER``: "sgd" (YOLOX: nesterov SGD) or "adamw" (what Ultralytics picks for short runs:
+    decoupled weight decay, betas ``(momentum, 0.999)``), both over :func:`yolo_param_groups`."""
+    if name == "sgd":
+        return build_yolo_sgd(model, lr, momentum, weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(yolo_param_groups(model, weight_decay), lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"SOLVER.YOLO.OPTIMIZER must be 'sgd' or 'adamw', got {name!r}")

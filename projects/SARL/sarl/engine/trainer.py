@@ -1,18 +1,24 @@
-"""``YOLOTrainer``: Detectron2's ``DefaultTrainer`` with the YOLOX training recipe.
+"""``YOLOTrainer``: Detectron2's ``DefaultTrainer`` with the YOLOX or the YOLOv5 training recipe.
 
 What it adds to ``DefaultTrainer`` (each piece selected by ``SOLVER.YOLO.*`` / ``SOLVER.EMA.*``):
 
 - epochs -> iterations: ``SOLVER.YOLO.EPOCHS`` times ``ITERS_PER_EPOCH`` (0: ``len(train set) // IMS_PER_BATCH``)
   gives ``max_iter`` (it replaces ``SOLVER.MAX_ITER``; ``EPOCHS <= 0`` keeps ``SOLVER.MAX_ITER``);
-- SGD nesterov, momentum ``SOLVER.MOMENTUM`` (0.9), weight decay ``SOLVER.WEIGHT_DECAY`` on conv weights only,
-  lr = ``BASE_LR_PER_IMAGE * IMS_PER_BATCH`` (the total batch over all processes);
-- the "yoloxwarmcos" schedule (``sarl.engine.schedule``);
+- ``SOLVER.YOLO.RECIPE = "yolox"``: SGD nesterov, momentum ``SOLVER.MOMENTUM`` (0.9), weight decay
+  ``SOLVER.WEIGHT_DECAY`` on conv weights only, lr = ``BASE_LR_PER_IMAGE * IMS_PER_BATCH`` (the total batch over
+  all processes), the "yoloxwarmcos" schedule (``sarl.engine.schedule``), one optimizer step per iteration;
+- ``SOLVER.YOLO.RECIPE = "yolov5"`` (``sarl.engine.yolov5_recipe``): lr0 = ``SOLVER.BASE_LR``, gradients
+  accumulated to the nominal batch of 64 images per optimizer step, weight decay scaled to match, linear lr
+  decay per epoch, bias-lr/momentum warmup; the loss is multiplied by the number of processes before
+  ``backward`` (DDP averages gradients, YOLOv5's loss is a sum over images), and the EMA is updated after each
+  optimizer step, not each iteration;
 - EMA weights (``ModelEMA``): evaluated, saved as ``checkpoint["ema"]`` (weights + update count), and used
   for inference when a checkpoint is loaded as ``MODEL.WEIGHTS``;
 - the no-aug phase for the last ``NO_AUG_EPOCHS`` (``NoAugHook``);
 - AMP on CUDA (``SOLVER.AMP.ENABLED``), gradient clipping (``SOLVER.CLIP_GRADIENTS``, after AMP unscaling),
   SyncBN (``SOLVER.YOLO.SYNC_BN``) when training on several CUDA processes;
-- exact resume: iteration, model, optimizer, EMA, scheduler, no-aug state, grad scaler and the data order
+- exact resume: iteration, model, optimizer, EMA, scheduler, no-aug state, grad scaler, the accumulation state
+  (last optimizer step and the gradients accumulated since, yolov5 recipe) and the data order
   (the sampler's seed and position are saved; the resumed loader skips the samples already drawn, and each
   sample's augmentation is seeded by its stream position, so the resumed run sees the same augmented samples).
 """
@@ -41,11 +47,14 @@ from sarl.data import YOLOMapper, build_yolo_test_loader, build_yolo_train_loade
 from sarl.data.samplers import ResumableTrainingSampler
 
 from .hooks import EMAHook, ModelEMA, NoAugHook, unwrap_model
-from .schedule import EpochPlan, YOLOXWarmCosineMultiplier, build_yolo_sgd
+from .schedule import EpochPlan, YOLOXWarmCosineMultiplier, build_yolo_optimizer
+from .yolov5_recipe import YOLOv5Recipe, YOLOv5Scheduler, accumulate_steps, build_yolov5_sgd, recipe_name, \
+    scaled_weight_decay
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["YOLOTrainer", "YOLOCheckpointer", "YOLOStepRunner", "load_inference_weights", "plan_epochs"]
+__all__ = ["YOLOTrainer", "YOLOCheckpointer", "YOLOStepRunner", "load_inference_weights", "plan_epochs",
+           "build_yolov5_recipe"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,15 +96,39 @@ def load_inference_weights(model: nn.Module, path: str, prefer_ema: bool = True)
 # One training step: SimpleTrainer + optional AMP + gradient clipping
 # ---------------------------------------------------------------------------------------------------------
 class YOLOStepRunner(SimpleTrainer):
-    """``SimpleTrainer.run_step`` with AMP (CUDA only) and gradient clipping applied to *unscaled* gradients
-    (detectron2's optimizer-wrapping clip would clip the loss-scaled gradients under AMP)."""
+    """``SimpleTrainer.run_step`` with AMP (CUDA only), gradient clipping applied to *unscaled* gradients
+    (detectron2's optimizer-wrapping clip would clip the loss-scaled gradients under AMP) and, optionally,
+    YOLOv5's gradient accumulation.
+
+    Args:
+        amp: float16 autocast + ``GradScaler``.
+        clip_fn: clips the parameters' gradients (returns the norm to log, or None), just before a step.
+        accumulate_fn: ``None`` (default): zero the gradients, backward, step, every iteration. Otherwise
+            ``accumulate_fn(iteration)`` is the number of iterations per step in force at that iteration:
+            gradients are summed over iterations (backward each one) and the optimizer steps, then zeroes them,
+            when ``iteration - last_opt_step >= accumulate_fn(iteration)``.
+        loss_scale: the loss is multiplied by it before ``backward`` (the yolov5 recipe passes the number of
+            processes, so DDP's gradient average becomes a sum); not applied to the logged losses.
+
+    ``stepped`` tells whether the last ``run_step`` stepped the optimizer (the EMA hook of the yolov5 recipe
+    reads it). With accumulation the checkpoint state also holds ``last_opt_step`` and the gradients summed
+    since (``pending_grads``), so a run resumed between two steps continues the same sums.
+    """
 
     def __init__(self, model: nn.Module, data_loader, optimizer: torch.optim.Optimizer, *, amp: bool = False,
-                 clip_fn: Optional[Callable[[List[nn.Parameter]], Any]] = None):
+                 clip_fn: Optional[Callable[[List[nn.Parameter]], Any]] = None,
+                 accumulate_fn: Optional[Callable[[int], int]] = None, loss_scale: float = 1.0):
         super().__init__(model, data_loader, optimizer)
         self.amp = amp
         self.clip_fn = clip_fn
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.accumulate_fn = accumulate_fn
+        self.loss_scale = float(loss_scale)
+        self.last_opt_step = -1  # iteration of the last optimizer step (-1: none yet, so iteration 0 can step)
+        self.stepped = False
+
+    def _params(self) -> List[nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def run_step(self) -> None:
         assert self.model.training, "[YOLOStepRunner] model was changed to eval mode!"
@@ -107,27 +140,55 @@ class YOLOStepRunner(SimpleTrainer):
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
             loss_dict = self.model(data)
             losses = sum(loss_dict.values())
-        self.optimizer.zero_grad(set_to_none=True)
+        accumulating = self.accumulate_fn is not None
+        if not accumulating:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_scale != 1.0:
+            losses = losses * self.loss_scale
         self.grad_scaler.scale(losses).backward()
-        if self.clip_fn is not None:
+        step_now = not accumulating or self.iter - self.last_opt_step >= self.accumulate_fn(self.iter)
+        if step_now and self.clip_fn is not None:
             self.grad_scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            params = [p for p in self._params() if p.grad is not None]
             norm = self.clip_fn(params)
             if norm is not None:
                 get_event_storage().put_scalar("grad_norm", float(norm))
         self._write_metrics(loss_dict, data_time)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
+        if step_now:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+            if accumulating:
+                # Zeroed after the step (not before the backward): the next iterations sum into fresh gradients.
+                self.optimizer.zero_grad(set_to_none=True)
+            self.last_opt_step = self.iter
+        self.stepped = step_now
 
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state["grad_scaler"] = self.grad_scaler.state_dict()
+        if self.accumulate_fn is not None:
+            state["last_opt_step"] = self.last_opt_step
+            # Gradients summed since the last step (None after a step: zero_grad sets them to None). Saved in the
+            # optimizer's parameter order; identical on every process (all-reduced), so rank 0's copy serves all.
+            grads = [None if p.grad is None else p.grad.detach() for p in self._params()]
+            state["pending_grads"] = grads if any(g is not None for g in grads) else None
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         if "grad_scaler" in state and self.amp:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if self.accumulate_fn is None:
+            return
+        # A checkpoint without accumulation state (another recipe) is taken as "stepped at its iteration".
+        self.last_opt_step = int(state.get("last_opt_step", self.iter))
+        params = self._params()
+        pending = state.get("pending_grads")
+        if pending is not None and len(pending) != len(params):
+            raise ValueError(f"checkpoint has accumulated gradients of {len(pending)} parameters, the optimizer "
+                             f"{len(params)}")
+        for p, g in zip(params, pending or [None] * len(params)):
+            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
 
 
 def _build_clip_fn(cfg) -> Optional[Callable[[List[nn.Parameter]], Any]]:
@@ -168,6 +229,24 @@ def plan_epochs(cfg, dataset_size: Optional[int] = None) -> EpochPlan:
     return EpochPlan.from_iters(ipe, int(cfg.SOLVER.MAX_ITER), y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)
 
 
+def build_yolov5_recipe(cfg, plan: Optional[EpochPlan] = None) -> Optional[YOLOv5Recipe]:
+    """The :class:`YOLOv5Recipe` of ``cfg`` when it trains with it (``SOLVER.YOLO.ENABLED`` and
+    ``RECIPE == "yolov5"``), else None. ``plan`` is looked up when needed and not given."""
+    if not cfg.SOLVER.YOLO.ENABLED or recipe_name(cfg) != "yolov5":
+        return None
+    plan = plan or plan_epochs(cfg)
+    return YOLOv5Recipe.from_config(cfg, plan.iters_per_epoch, plan.epochs)
+
+
+class _OptimizerStepEMAHook(EMAHook):
+    """:class:`EMAHook` that updates only after iterations that stepped the optimizer (yolov5 recipe: with
+    accumulation the weights change once per ``accumulate`` iterations, and the EMA ramp counts updates)."""
+
+    def after_step(self) -> None:
+        if getattr(self.trainer._trainer, "stepped", True):
+            super().after_step()
+
+
 def _create_ddp_model(model: nn.Module) -> nn.Module:
     """DDP wrapper when several processes train (detectron2's ``create_ddp_model`` always passes CUDA
     ``device_ids``, which DDP rejects for CPU modules: CPU/Gloo processes need none)."""
@@ -184,7 +263,7 @@ def _create_ddp_model(model: nn.Module) -> nn.Module:
 # The trainer
 # ---------------------------------------------------------------------------------------------------------
 class YOLOTrainer(DefaultTrainer):
-    """Detectron2 trainer with the YOLOX recipe (see the module docstring).
+    """Detectron2 trainer with the YOLOX or YOLOv5 recipe (see the module docstring).
 
     Usage (``tools/train_net.py``)::
 
@@ -208,12 +287,22 @@ class YOLOTrainer(DefaultTrainer):
         self.train_dicts = train_dataset_dicts(cfg)
         self.plan = plan_epochs(cfg, len(self.train_dicts)) if self.use_yolo_schedule else None
         self.max_iter = self.plan.max_iter if self.plan else cfg.SOLVER.MAX_ITER
+        self.yolov5 = build_yolov5_recipe(cfg, self.plan) if self.plan else None
         if self.plan:
-            logger.info(f"YOLO schedule: {self.plan.iters_per_epoch} iterations/epoch, {self.plan.epochs:g} epochs "
-                        f"= {self.plan.max_iter} iterations; warmup {self.plan.warmup_iters}, no-aug from "
+            warmup = self.yolov5.warmup_iters if self.yolov5 else self.plan.warmup_iters
+            logger.info(f"YOLO schedule ({recipe_name(cfg)}): {self.plan.iters_per_epoch} iterations/epoch, "
+                        f"{self.plan.epochs:g} epochs = {self.plan.max_iter} iterations; warmup {warmup}, no-aug from "
                         f"iteration {self.plan.no_aug_start_iter}")
+        if self.yolov5:
+            logger.info(f"YOLOv5 recipe: an optimizer step every {self.yolov5.accumulate} iterations after warmup "
+                        f"({self.yolov5.nominal_batch} nominal / {self.yolov5.total_batch} images per iteration); "
+                        f"loss x {comm.get_world_size()} processes before backward")
 
         model = self.build_model(cfg)
+        if self.yolov5 and not getattr(getattr(model, "head", None), "loss_times_batch_size", False):
+            # lr0 = 0.01 assumes YOLOv5's loss summed over images (MODEL.YOLOV5.LOSS_TIMES_BATCH_SIZE).
+            logger.warning("SOLVER.YOLO.RECIPE is 'yolov5' but the head does not multiply its loss by the batch "
+                           "size: the updates are about batch-size times smaller than YOLOv5's")
         self.ema = (ModelEMA(model, cfg.SOLVER.EMA.DECAY, cfg.SOLVER.EMA.RAMP) if cfg.SOLVER.EMA.ENABLED else None)
         optimizer = self.build_optimizer(cfg, model)
         # The data seed is shared by all ranks (each takes its slice of one stream) and saved in checkpoints.
@@ -226,7 +315,12 @@ class YOLOTrainer(DefaultTrainer):
         if amp and not torch.cuda.is_available():
             logger.warning("SOLVER.AMP.ENABLED is set but CUDA is not available: training in float32")
             amp = False
-        self._trainer = YOLOStepRunner(model, data_loader, optimizer, amp=amp, clip_fn=_build_clip_fn(cfg))
+        accumulation = {}
+        if self.yolov5:
+            # DDP averages gradients over processes; YOLOv5 multiplies the loss by WORLD_SIZE to get their sum.
+            accumulation = {"accumulate_fn": self.yolov5.accumulate_at, "loss_scale": float(comm.get_world_size())}
+        self._trainer = YOLOStepRunner(model, data_loader, optimizer, amp=amp, clip_fn=_build_clip_fn(cfg),
+                                       **accumulation)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.plan)
         extra = {"ema": self.ema} if self.ema is not None else {}
         self.checkpointer = YOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra)
@@ -253,16 +347,27 @@ class YOLOTrainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
         if not cfg.SOLVER.YOLO.ENABLED:
             return DefaultTrainer.build_optimizer(cfg, model)
+        if recipe_name(cfg) == "yolov5":
+            nbs, total = int(cfg.SOLVER.YOLO.NOMINAL_BATCH_SIZE), int(cfg.SOLVER.IMS_PER_BATCH)
+            wd = scaled_weight_decay(cfg.SOLVER.WEIGHT_DECAY, nbs, total)
+            logger.info(f"SGD nesterov (YOLOv5): lr0 {cfg.SOLVER.BASE_LR:g}, momentum {cfg.SOLVER.MOMENTUM}, weight "
+                        f"decay {wd:g} = {cfg.SOLVER.WEIGHT_DECAY:g} x {total} x {accumulate_steps(nbs, total)} / "
+                        f"{nbs} (weights; none on norm weights and biases)")
+            return build_yolov5_sgd(unwrap_model(model), cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, wd)
         lr = cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE * cfg.SOLVER.IMS_PER_BATCH
-        logger.info(f"SGD nesterov: lr {lr:g} = {cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE:g} x {cfg.SOLVER.IMS_PER_BATCH} "
-                    f"images, momentum {cfg.SOLVER.MOMENTUM}, weight decay {cfg.SOLVER.WEIGHT_DECAY} (conv weights)")
-        return build_yolo_sgd(unwrap_model(model), lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY, nesterov=True)
+        name = str(cfg.SOLVER.YOLO.OPTIMIZER)
+        logger.info(f"{'SGD nesterov' if name == 'sgd' else name}: lr {lr:g} = {cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE:g} x "
+                    f"{cfg.SOLVER.IMS_PER_BATCH} images, momentum {cfg.SOLVER.MOMENTUM}, weight decay "
+                    f"{cfg.SOLVER.WEIGHT_DECAY} (conv weights)")
+        return build_yolo_optimizer(name, unwrap_model(model), lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer, plan: Optional[EpochPlan] = None):
         if not cfg.SOLVER.YOLO.ENABLED:
             return DefaultTrainer.build_lr_scheduler(cfg, optimizer)
         plan = plan or plan_epochs(cfg)
+        if recipe_name(cfg) == "yolov5":
+            return YOLOv5Scheduler(optimizer, build_yolov5_recipe(cfg, plan))
         multiplier = YOLOXWarmCosineMultiplier(plan.max_iter, plan.warmup_iters,
                                                plan.max_iter - plan.no_aug_start_iter, cfg.SOLVER.YOLO.MIN_LR_RATIO)
         return LRMultiplier(optimizer, multiplier, plan.max_iter)
@@ -327,7 +432,7 @@ class YOLOTrainer(DefaultTrainer):
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer()]
         # EMA before the scheduler/checkpointer: a checkpoint written after step i holds the EMA of step i.
         if self.ema is not None:
-            ret.append(EMAHook(self.ema))
+            ret.append(_OptimizerStepEMAHook(self.ema) if self.yolov5 else EMAHook(self.ema))
         ret.append(hooks.LRScheduler())
         if self.plan is not None:
             ret.append(NoAugHook(self.plan.no_aug_start_iter, self._switch_to_no_aug))
@@ -397,6 +502,11 @@ class YOLOTrainer(DefaultTrainer):
     def test(cls, cfg, model: nn.Module, evaluators=None) -> "OrderedDict[str, Any]":
         was_training = model.training
         model.eval()
+        if cfg.TEST.SLICED.ENABLED:
+            from sarl.inference import SlicedDetector
+
+            # Whole frames at native resolution: the loader marks large images, this tiles them.
+            model = SlicedDetector.from_config(cfg, model)
         try:
             return DefaultTrainer.test.__func__(cls, cfg, model, evaluators)
         finally:

@@ -26,7 +26,7 @@ from torchvision.ops import batched_nms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SlicedPredictor", "tile_starts", "tile_grid", "drop_cut_boxes", "merge_detections"]
+__all__ = ["SlicedPredictor", "SlicedDetector", "tile_starts", "tile_grid", "drop_cut_boxes", "merge_detections"]
 
 
 def tile_starts(length: int, slice_size: int, overlap: float) -> List[int]:
@@ -185,3 +185,40 @@ class SlicedPredictor:
 
     def num_tiles(self, height: int, width: int) -> int:
         return len(tile_grid(height, width, self.slice_size, self.overlap))
+
+
+class SlicedDetector(torch.nn.Module):
+    """A detector in eval mode that scores whole large images: inputs marked ``"sliced": True`` (by
+    ``YOLOMapper`` with ``TEST.SLICED.ENABLED``: native-resolution images larger than the input size) go through
+    a :class:`SlicedPredictor`; the others (letterboxed small images) go to ``model`` directly. Same contract as
+    ``model``: a list of input dicts in, ``[{"instances": Instances}]`` in original-image pixels out, so
+    ``inference_on_dataset`` and the AI-TOD evaluator score whole frames after tiling and merging.
+    """
+
+    def __init__(self, model: torch.nn.Module, slice_size: int, overlap: float = 0.2, batch_size: int = 4,
+                 nms_thresh: float = 0.65, max_detections: int = 3000, class_agnostic: bool = False):
+        super().__init__()
+        self.model = model
+        self.predictor = SlicedPredictor(model, slice_size=slice_size, overlap=overlap, batch_size=batch_size,
+                                         nms_thresh=nms_thresh, max_detections=max_detections,
+                                         class_agnostic=class_agnostic)
+
+    @classmethod
+    def from_config(cls, cfg, model: torch.nn.Module) -> "SlicedDetector":
+        sliced = cfg.TEST.SLICED
+        return cls(model, slice_size=int(sliced.SLICE_SIZE) or int(cfg.INPUT.YOLO.IMG_SIZE),
+                   overlap=float(sliced.OVERLAP), batch_size=int(sliced.BATCH_SIZE),
+                   nms_thresh=float(cfg.MODEL.YOLO.NMS_THRESH_TEST), max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+                   class_agnostic=bool(cfg.MODEL.YOLO.CLASS_AGNOSTIC_NMS))
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        outputs: List[Optional[Dict[str, Instances]]] = [None] * len(batched_inputs)
+        direct = [i for i, x in enumerate(batched_inputs) if not x.get("sliced", False)]
+        if direct:
+            for i, out in zip(direct, self.model([batched_inputs[i] for i in direct])):
+                outputs[i] = out
+        for i, x in enumerate(batched_inputs):
+            if outputs[i] is None:
+                image = x["image"].permute(1, 2, 0).cpu().numpy()  # [H, W, C] in the model's INPUT.FORMAT
+                outputs[i] = {"instances": self.predictor(image)}
+        return outputs

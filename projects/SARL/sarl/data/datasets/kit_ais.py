@@ -2,7 +2,8 @@
 
 ``kit_ais_cars`` is registered from ``<root>/kit_ais_cars`` (images ``*.png`` beside their ``*.txt``, class names
 in ``aerial.names``: car, truck, bus, minibus, cyclist). An image without a txt is a background image (the YOLO
-convention); their number is logged.
+convention); their number is logged. ``kit_ais_cars_train`` / ``kit_ais_cars_val`` split it by sequence: the
+validation frames are MOS155, MOS157, ..., MOS179 (13), training the others (20 in the published set).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from .common import (
 logger = logging.getLogger(__name__)
 
 KIT_AIS_CLASSES = ("car", "truck", "bus", "minibus", "cyclist")
+# Validation frames of the sequence split (file stems); every other frame is training.
+KIT_AIS_VAL_FRAMES = tuple(f"MOS{number}" for number in range(155, 180, 2))
 
 
 def parse_yolo_label_file(
@@ -94,13 +97,30 @@ def read_class_names(names_file: str) -> List[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def register_yolo_folder(name: str, image_dir: str, class_names: Sequence[str], how_to_get: str) -> None:
-    """Register a YOLO-txt folder lazily under ``name``."""
+def select_frames(dataset_dicts: List[Dict], stems: Sequence[str], keep: bool, folder: str) -> List[Dict]:
+    """The records whose file stem is in ``stems`` (``keep=True``) or not in it (``keep=False``). Every stem
+    must name an image of the folder: a split that silently lost frames would score on fewer images."""
+    wanted = set(stems)
+    present = {os.path.splitext(os.path.basename(r["file_name"]))[0] for r in dataset_dicts}
+    missing = sorted(wanted - present)
+    if missing:
+        raise DatasetFormatError(f"{folder}: the split names frames that are not in the folder: {', '.join(missing)}")
+    return [r for r in dataset_dicts
+            if (os.path.splitext(os.path.basename(r["file_name"]))[0] in wanted) == keep]
+
+
+def register_yolo_folder(name: str, image_dir: str, class_names: Sequence[str], how_to_get: str,
+                         frames: Optional[Sequence[str]] = None, keep_frames: bool = True) -> None:
+    """Register a YOLO-txt folder lazily under ``name``; with ``frames`` (file stems), only those images
+    (``keep_frames``) or all the others."""
     _replace_registration(name)
 
     def load() -> List[Dict[str, Any]]:
         require_path(image_dir, name, how_to_get)
-        return load_yolo_folder(image_dir, class_names)
+        records = load_yolo_folder(image_dir, class_names)
+        if frames is not None:
+            records = select_frames(records, frames, keep_frames, image_dir)
+        return records
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
@@ -109,9 +129,8 @@ def register_yolo_folder(name: str, image_dir: str, class_names: Sequence[str], 
 
 
 def register_kit_ais(root: str) -> None:
-    register_yolo_folder(
-        "kit_ais_cars",
-        os.path.join(root, "kit_ais_cars"),
-        KIT_AIS_CLASSES,
-        "Get the aerial-cars-dataset (KIT AIS frames with YOLO labels) and put its files in that folder.",
-    )
+    how_to_get = "Get the aerial-cars-dataset (KIT AIS frames with YOLO labels) and put its files in that folder."
+    image_dir = os.path.join(root, "kit_ais_cars")
+    register_yolo_folder("kit_ais_cars", image_dir, KIT_AIS_CLASSES, how_to_get)
+    register_yolo_folder("kit_ais_cars_train", image_dir, KIT_AIS_CLASSES, how_to_get, KIT_AIS_VAL_FRAMES, False)
+    register_yolo_folder("kit_ais_cars_val", image_dir, KIT_AIS_CLASSES, how_to_get, KIT_AIS_VAL_FRAMES, True)
