@@ -24,6 +24,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from sarl.data.transforms import PAD_VALUE
+
 from .heads import build_yolo_head
 from .losses import current_iteration
 from .heads import yolox_head  # noqa: F401  (registers YOLOXHead)
@@ -102,16 +104,19 @@ class YOLODetector(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalise and pad the images of the batch (padding on the right/bottom only, so box
-        coordinates are unchanged)."""
+        """Pad the images of the batch (right/bottom only, so box coordinates are unchanged) with the grey of the
+        training letterbox (``PAD_VALUE``), then normalise. Padding with zeros after normalising would put black
+        bands under non-square inputs (sliced tiles of wide frames), which the model never saw in training and
+        answers with false detections along the band."""
         images = []
         for i, x in enumerate(batched_inputs):
             image = x["image"]
             if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
                 raise ValueError(f"batched_inputs[{i}]['image'] must be [{self.pixel_mean.shape[0]}, H, W], "
                                  f"got {tuple(image.shape)}")
-            images.append((image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.size_divisibility)
+            images.append(image.to(self.device, non_blocking=True).float())
+        padded = ImageList.from_tensors(images, self.size_divisibility, pad_value=float(PAD_VALUE))
+        return ImageList((padded.tensor - self.pixel_mean) / self.pixel_std, padded.image_sizes)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
