@@ -10,7 +10,7 @@ export MAX_JOBS=${MAX_JOBS:-2}
 SO=$(ls projects/SARL/sarl/_C*.so 2>/dev/null | head -1 || true)
 CHECK="import sarl.ops as o; assert o.extension_available(), 'sarl._C did not load'; print('[build] sarl._C loaded:', o.extension_info())"
 if [ -n "$SO" ] && [ -z "$(find csrc setup.py -newer "$SO" -type f | head -1)" ] \
-   && [ "${FORCE_CUDA:-0}" != "1" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
+   && [ "${FORCE_CUDA:-0}" != "1" ] && "$VENV/bin/python" -c "$CHECK" >/dev/null 2>&1; then
   echo "[build] sarl._C is up to date with csrc/ and setup.py: not rebuilt"
   exit 0
 fi
