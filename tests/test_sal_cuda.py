@@ -153,3 +153,19 @@ def test_cuda_opcheck():
     args = (pred.cuda().requires_grad_(True), target.cuda(), None, None, "xyxy", "iou2", "batch", 2.885, 0.0, 0.0,
             "sum", 1e-7, True)
     torch.library.opcheck(torch.ops.sarl.sal_loss.default, args)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_cuda_non_finite_pred_propagates(loss_type, reduction):
+    from test_sal_op import _with_non_finite_rows
+
+    pred, target, bad = _with_non_finite_rows(torch.float64)
+    loss, grad = _loss_and_grad(scale_adaptive_iou_loss, pred.cuda(), target.cuda(), loss_type=loss_type,
+                                reduction=reduction)
+    ref_loss, ref_grad = _loss_and_grad(scale_adaptive_iou_loss_reference, pred, target, loss_type=loss_type,
+                                        reduction=reduction)
+    assert not torch.isfinite(loss).all()
+    torch.testing.assert_close(loss.cpu(), ref_loss, equal_nan=True, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(grad.cpu(), ref_grad, equal_nan=True, **TOLERANCES[torch.float64])
+    assert torch.isnan(grad[bad]).all()

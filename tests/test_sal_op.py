@@ -370,3 +370,48 @@ def test_degenerate_boxes_are_zero_area_not_errors():
     assert loss.item() == pytest.approx(1.0)
     loss.backward()
     assert torch.isfinite(pred.grad).all()
+
+
+def _with_non_finite_rows(dtype):
+    pred, target = adversarial_pairs(dtype)
+    pred = pred.clone()
+    pred[1, 0] = float("nan")
+    pred[3, 2] = float("inf")
+    pred[5, 1] = -float("inf")
+    return pred, target, [1, 3, 5]
+
+
+@requires_extension
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("box_format", BOX_FORMATS)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_non_finite_pred_propagates_like_the_reference(loss_type, box_format, reduction):
+    """A NaN or infinite predicted coordinate gives a NaN loss for its box (so a NaN sum) and a NaN gradient on
+    its whole row, in the fused op and in the reference alike; the other rows are untouched."""
+    pred, target, bad = _with_non_finite_rows(torch.float64)
+    if box_format == "cxcywh":
+        target = _xyxy_to_cxcywh(target)
+    kw = dict(loss_type=loss_type, box_format=box_format, reduction=reduction)
+    loss, grad = _loss_and_grad(scale_adaptive_iou_loss, pred, target, **kw)
+    ref_loss, ref_grad = _loss_and_grad(scale_adaptive_iou_loss_reference, pred, target, **kw)
+    assert not torch.isfinite(loss).all() and not torch.isfinite(ref_loss).all()
+    torch.testing.assert_close(loss, ref_loss, equal_nan=True, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(grad, ref_grad, equal_nan=True, **TOLERANCES[torch.float64])
+    assert torch.isnan(grad[bad]).all() and torch.isnan(ref_grad[bad]).all()
+    good = [i for i in range(pred.shape[0]) if i not in bad]
+    assert torch.isfinite(grad[good]).all()
+    if reduction == "none":
+        assert torch.isnan(loss[bad]).all() and torch.isfinite(loss[good]).all()
+
+
+@requires_extension
+def test_all_nan_pred_gives_nan_not_a_finite_number():
+    """The case of the SAL issue: all-NaN predictions used to return about -6e23 (fused) and 772 (reference)."""
+    target = torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 9.0, 5.0], [2.0, 0.0, 3.0, 30.0]])
+    pred = torch.full_like(target, float("nan"))
+    assert torch.isnan(scale_adaptive_iou_loss(pred, target))
+    assert torch.isnan(scale_adaptive_iou_loss_reference(pred, target))
+    one_row = target.clone()
+    one_row[0] = float("nan")
+    assert torch.isnan(scale_adaptive_iou_loss(one_row, target))
+    assert torch.isnan(scale_adaptive_iou_loss_reference(one_row, target))

@@ -166,6 +166,11 @@ template <LossType type, BoxFormat fmt, bool kGrad, typename T>
 SARL_HD_INLINE T box_loss_values(const Box<T>& pred_raw, const Box<T>& target_raw, T eps, T scale, Box<T>& grad) {
   const Box<T> p = corners<fmt>(pred_raw);
   const Box<T> t = corners<fmt>(target_raw);
+  // 0 when the four pred numbers are finite, NaN otherwise (x - x is NaN for NaN and +-inf). Added to the loss and
+  // to each gradient: the clamps below would turn a NaN width into 0 and return a finite, wrong loss, so a
+  // diverging prediction would go unseen. Arithmetic, not a branch, so the CPU loop still vectorises.
+  const T poison = (pred_raw.x1 - pred_raw.x1) + (pred_raw.y1 - pred_raw.y1) + (pred_raw.x2 - pred_raw.x2) +
+                   (pred_raw.y2 - pred_raw.y2);
 
   const T pw_raw = p.x2 - p.x1, ph_raw = p.y2 - p.y1;
   const T pw = clamp_min0(pw_raw), ph = clamp_min0(ph_raw);
@@ -264,19 +269,19 @@ SARL_HD_INLINE T box_loss_values(const Box<T>& pred_raw, const Box<T>& target_ra
       gy1 -= gch * min2_grad_a(p.y1, t.y1);
     }
     if constexpr (fmt == BoxFormat::kXYXY) {
-      grad.x1 = scale * gx1;
-      grad.y1 = scale * gy1;
-      grad.x2 = scale * gx2;
-      grad.y2 = scale * gy2;
+      grad.x1 = scale * gx1 + poison;
+      grad.y1 = scale * gy1 + poison;
+      grad.x2 = scale * gx2 + poison;
+      grad.y2 = scale * gy2 + poison;
     } else {
       // x1 = cx - w/2, x2 = cx + w/2.
-      grad.x1 = scale * (gx1 + gx2);
-      grad.y1 = scale * (gy1 + gy2);
-      grad.x2 = scale * (gx2 - gx1) * T(0.5);
-      grad.y2 = scale * (gy2 - gy1) * T(0.5);
+      grad.x1 = scale * (gx1 + gx2) + poison;
+      grad.y1 = scale * (gy1 + gy2) + poison;
+      grad.x2 = scale * (gx2 - gx1) * T(0.5) + poison;
+      grad.y2 = scale * (gy2 - gy1) * T(0.5) + poison;
     }
   }
-  return loss;
+  return loss + poison;
 }
 
 // Pointer form: reads [4] numbers per box, writes d loss/d pred to grad[0..3] when kGrad.

@@ -233,6 +233,14 @@ def _unweighted_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str, b
     return loss + alpha * v
 
 
+def non_finite_poison(pred: torch.Tensor) -> torch.Tensor:
+    """[N]: 0 for rows of ``pred`` whose four numbers are finite, NaN for the others, with gradient 0 / NaN on the
+    whole row. Added to each box's loss so that a NaN or infinite prediction gives a NaN loss and a NaN gradient
+    (the clamps of the IoU would otherwise turn a NaN width into 0 and hide it), as the fused kernels do."""
+    row_mask = (pred.detach() * 0).sum(-1, keepdim=True)  # 0, or NaN when the row has a NaN/inf
+    return (pred * row_mask).sum(-1)
+
+
 def scale_adaptive_iou_loss_reference(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -287,7 +295,7 @@ def sal_loss_core(pred: torch.Tensor, target: torch.Tensor, *, beta: float, loss
                          batch_index=batch_index, area_lo=area_lo, area_hi=area_hi)
     if weight is not None:
         w = w * weight.detach().to(w.dtype)
-    loss = w * _unweighted_loss(pred, target, loss_type, box_format, eps)
+    loss = w * (_unweighted_loss(pred, target, loss_type, box_format, eps) + non_finite_poison(pred))
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
