@@ -44,23 +44,6 @@ def _tiny_opts(output_dir: str, iters_per_epoch: int = 2, epochs: int = 3, no_au
     ]
 
 
-@pytest.fixture(scope="module")
-def tiny_datasets(tmp_path_factory):
-    """``synthetic_tiny_{train,val}`` re-pointed to a small generated copy (also for child processes)."""
-    from sarl.data import generate_synthetic_dataset, register_all_aerial
-
-    root = tmp_path_factory.mktemp("datasets")
-    generate_synthetic_dataset(str(root / "synthetic_tiny"), num_train=8, num_val=2, image_size=96,
-                               min_objects=2, max_objects=6)
-    old_env = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    register_all_aerial(str(root))
-    yield root
-    if old_env is None:
-        os.environ.pop("DETECTRON2_DATASETS", None)
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old_env
-    register_all_aerial()
 
 
 # ------------------------------------------------------------------ user errors

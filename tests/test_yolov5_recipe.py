@@ -365,9 +365,16 @@ def test_yolox_configs_build_the_old_optimizer(path):
     lr = cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE * cfg.SOLVER.IMS_PER_BATCH
     old = build_yolo_sgd(net, lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY, nesterov=True)
     assert len(opt.param_groups) == len(old.param_groups) == 2
+    if cfg.SOLVER.YOLO.OPTIMIZER == "adamw":  # the KIT CPU recipe: same groups and lr, AdamW's update
+        assert type(opt) is torch.optim.AdamW
+        keys = ("lr", "weight_decay")
+        assert all(g["betas"] == (cfg.SOLVER.MOMENTUM, 0.999) for g in opt.param_groups)
+    else:
+        assert type(opt) is torch.optim.SGD
+        keys = ("lr", "momentum", "weight_decay", "nesterov")
     for g, h in zip(opt.param_groups, old.param_groups):
         assert [id(p) for p in g["params"]] == [id(p) for p in h["params"]]
-        for key in ("lr", "momentum", "weight_decay", "nesterov"):
+        for key in keys:
             assert g[key] == h[key], key
     assert all(g["lr"] == pytest.approx(cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE * cfg.SOLVER.IMS_PER_BATCH, rel=1e-12)
                for g in opt.param_groups)
@@ -401,25 +408,6 @@ def test_unknown_recipe_is_named():
 
 
 # ------------------------------------------------------------------ the trainer end to end (tiny synthetic set, CPU)
-@pytest.fixture(scope="module")
-def tiny_datasets(tmp_path_factory):
-    """``synthetic_tiny_{train,val}`` re-pointed to a small generated copy (as tests/test_train_net.py)."""
-    import os
-
-    from sarl.data import generate_synthetic_dataset, register_all_aerial
-
-    root = tmp_path_factory.mktemp("datasets")
-    generate_synthetic_dataset(str(root / "synthetic_tiny"), num_train=8, num_val=2, image_size=96,
-                               min_objects=2, max_objects=6)
-    old_env = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    register_all_aerial(str(root))
-    yield root
-    if old_env is None:
-        os.environ.pop("DETECTRON2_DATASETS", None)
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old_env
-    register_all_aerial()
 
 
 def _trainer_cfg(output_dir: Path):

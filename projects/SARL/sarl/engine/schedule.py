@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -96,20 +96,26 @@ class YOLOXWarmCosineMultiplier(ParamScheduler):
         return self.at_iter(round(where * self.max_iter, 6))
 
 
+def trainable_parameters(model: nn.Module) -> Iterator[Tuple[nn.Module, str, nn.Parameter]]:
+    """``(module, name, parameter)`` for every trainable parameter of ``model``, once (shared ones at their first
+    owner), so optimizer groups can be split by the owning module's type."""
+    seen = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                yield module, name, param
+
+
 def yolo_param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     """YOLOX's three-way split folded into two groups: decay on conv/linear weights only,
     none on normalization parameters and biases (decaying BN scales hurts small models)."""
     decay, no_decay = [], []
-    seen = set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            if isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
-                no_decay.append(param)
-            else:
-                decay.append(param)
+    for module, name, param in trainable_parameters(model):
+        if isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
+            no_decay.append(param)
+        else:
+            decay.append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

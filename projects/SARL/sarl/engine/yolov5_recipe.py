@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from detectron2.solver import LRScheduler
 
-from .schedule import _NORM_TYPES
+from .schedule import _NORM_TYPES, trainable_parameters
 
 __all__ = [
     "YOLOv5Recipe",
@@ -182,18 +182,13 @@ def yolov5_param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str,
     Empty groups are left out. Parameters shared between modules are counted once.
     """
     norm, decay, bias = [], [], []
-    seen = set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            if name == "bias":
-                bias.append(param)
-            elif name == "weight" and isinstance(module, _NORM_TYPES):
-                norm.append(param)
-            else:
-                decay.append(param)
+    for module, name, param in trainable_parameters(model):
+        if name == "bias":
+            bias.append(param)
+        elif name == "weight" and isinstance(module, _NORM_TYPES):
+            norm.append(param)
+        else:
+            decay.append(param)
     groups = [{"params": norm, "weight_decay": 0.0, "name": "norm"},
               {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
               {"params": bias, "weight_decay": 0.0, "name": "bias"}]
