@@ -1,7 +1,9 @@
 // Every operator schema of the `sarl` library, in one place (the torchvision pattern).
-// Kernels are registered per backend next to their sources:
-//   TORCH_LIBRARY_IMPL(sarl, CPU, m)  in csrc/<op>/<op>_cpu.cpp
-//   TORCH_LIBRARY_IMPL(sarl, CUDA, m) in csrc/<op>/<op>_cuda.cu
+// Kernels are registered per backend next to their sources, one file per op and backend
+// (an op's backward with it):
+//   TORCH_LIBRARY_IMPL(sarl, CPU, m)  in csrc/<family>/<op>_cpu.cpp  (e.g. relay/relay_pool_cpu.cpp)
+//   TORCH_LIBRARY_IMPL(sarl, CUDA, m) in csrc/<family>/<op>_cuda.cu  (e.g. relay/relay_pool_cuda.cu)
+// csrc/sal/sal_cpu.cpp and sal_cuda.cu hold both SAL ops, which share the area-range pass.
 // Autograd and fake (meta) implementations are registered from Python
 // (projects/SARL/sarl/ops/), with torch.library.register_autograd / register_fake.
 #include <Python.h>

@@ -255,6 +255,9 @@ def test_syncbn_conversion():
     cfg.MODEL.CSPDARKNET.NORM = "GN"
     with pytest.raises(ValueError, match="MODEL.CSPDARKNET.NORM"):
         build_backbone(cfg)
+    # The one SyncBN key: the old solver switch is refused with a pointer to it.
+    with pytest.raises(KeyError, match="MODEL.CSPDARKNET.NORM"):
+        make_cfg().merge_from_list(["SOLVER.YOLO.SYNC_BN", "True"])
 
 
 @pytest.mark.parametrize("key,value,match", [

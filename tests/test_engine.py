@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sarl.engine import (
+    AutoAnchorHook,
     EMAHook,
     EpochPlan,
     ModelEMA,
@@ -204,6 +205,45 @@ def test_ema_hook_updates_every_step():
     trainer.register_hooks([EMAHook(ema)])
     trainer.train(0, 4)
     assert ema.updates == 4
+
+
+# ------------------------------------------------------------------ AutoAnchor hook
+def test_autoanchor_hook_fits_anchors_before_fresh_training_only():
+    from detectron2.structures import BoxMode
+
+    from sarl.modeling.heads.yolov5_head import YOLOv5Head
+
+    coco_anchors = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]],
+                    [[116, 90], [156, 198], [373, 326]]]
+
+    class _Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = YOLOv5Head(in_channels=[8, 16, 32], strides=[8, 16, 32], anchors=coco_anchors, num_classes=2)
+
+    rng = torch.Generator().manual_seed(0)
+    sizes = 2 + 6 * torch.rand(10, 30, 2, generator=rng)  # 2-8 px boxes: the COCO anchors miss most of them
+    dicts = [{"file_name": f"{i}.png", "height": 640, "width": 640,
+              "annotations": [{"bbox": [10.0, 10.0, w, h], "bbox_mode": BoxMode.XYWH_ABS} for w, h in image_sizes]}
+             for i, image_sizes in enumerate(sizes.tolist())]
+
+    def run(start_iter):
+        net = _Net()
+        ema = ModelEMA(net)
+
+        class _T(_CountingTrainer):
+            model = net
+
+        trainer = _T()
+        trainer.register_hooks([AutoAnchorHook(net.head, dicts, 640, generations=10, ema=ema)])
+        trainer.train(start_iter, start_iter + 1)
+        return net, ema
+
+    resumed, resumed_ema = run(5)  # resumed: the checkpoint's anchors are kept
+    torch.testing.assert_close(resumed.head.anchors, torch.tensor(coco_anchors, dtype=torch.float32))
+    fresh, fresh_ema = run(0)
+    assert fresh.head.anchors.max() < 60  # refitted to the tiny boxes
+    torch.testing.assert_close(fresh_ema.module.head.anchors, fresh.head.anchors)  # the EMA copy follows
 
 
 # ------------------------------------------------------------------ checkpoints: EMA weights for inference

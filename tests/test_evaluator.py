@@ -16,18 +16,18 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode, Boxes, Instances  # noqa: E402
 
 from conftest import needs_extension  # noqa: E402
-from sarl.evaluation import AITODEvaluator, evaluate_detections, ignored_fraction  # noqa: E402
+from sarl.evaluation import (  # noqa: E402
+    AITODEvaluator,
+    accumulate_detections,
+    evaluate_detections,
+    ignored_fraction,
+    summarize_aitod,
+)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sarl.evaluation.aitod_evaluator import (  # noqa: E402
-    build_coco_inputs,
-    build_eval_arrays,
-    coco_dicts_from_arrays,
-    native_engine_available,
-    run_coco_engine,
-    run_native_engine,
-)
+from sarl.evaluation.arrays import build_eval_arrays, coco_dicts_from_arrays  # noqa: E402
+from sarl.evaluation.engines import native_engine_available, run_engine  # noqa: E402
 
 requires_native = needs_extension("sarl._C (the 'sarl' evaluation engine)", native_engine_available())
 
@@ -76,6 +76,12 @@ def _perfect_predictions(gt_dicts):
     return predictions
 
 
+def _evaluate_with_arrays(gt_dicts, predictions, **kwargs):
+    """(metrics, accumulated arrays) of one evaluation."""
+    accumulated = accumulate_detections(gt_dicts, predictions, len(CLASSES), **kwargs)
+    return summarize_aitod(accumulated, CLASSES), accumulated
+
+
 def _assert_metrics_equal(a, b, tol=1e-6):
     assert list(a) == list(b)
     for key in a:
@@ -88,9 +94,8 @@ def _assert_metrics_equal(a, b, tol=1e-6):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_faster_coco_eval_equals_pycocotools(seed):
     gt_dicts, predictions = _make_case(seed)
-    fast, fast_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, engine="faster_coco_eval",
-                                            return_arrays=True)
-    slow, slow_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, engine="pycocotools", return_arrays=True)
+    fast, fast_arrays = _evaluate_with_arrays(gt_dicts, predictions, engine="faster_coco_eval")
+    slow, slow_arrays = _evaluate_with_arrays(gt_dicts, predictions, engine="pycocotools")
     _assert_metrics_equal(fast, slow)
     np.testing.assert_allclose(fast_arrays["precision"], slow_arrays["precision"], atol=1e-6, rtol=0)
     np.testing.assert_allclose(fast_arrays["recall"], slow_arrays["recall"], atol=1e-6, rtol=0)
@@ -101,7 +106,8 @@ def test_faster_coco_eval_equals_pycocotools(seed):
 
 def test_reported_keys_and_protocol_params():
     gt_dicts, predictions = _make_case(3)
-    metrics, arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True)
+    metrics, arrays = _evaluate_with_arrays(gt_dicts, predictions)
+    _assert_metrics_equal(metrics, evaluate_detections(gt_dicts, predictions, CLASSES), tol=0.0)
     expected = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR@100", "AR@300", "AR@1500",
                 "AR_vt@1500", "AR_t@1500", "AR_s@1500", "AR_m@1500"] + [f"AP-{c}" for c in CLASSES]
     assert list(metrics) == expected
@@ -242,7 +248,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown evaluation engine"):
         evaluate_detections(gt_dicts, predictions, CLASSES, engine="nope")
     with pytest.raises(ValueError, match="duplicate image_id"):
-        build_coco_inputs(gt_dicts + gt_dicts[:1], [], len(CLASSES))
+        build_eval_arrays(gt_dicts + gt_dicts[:1], [], len(CLASSES))
 
 
 def test_dataset_evaluator_end_to_end(tmp_path):
@@ -284,12 +290,13 @@ def test_dataset_evaluator_end_to_end(tmp_path):
 def test_engine_inputs_are_identical_objects():
     """Both engines read the same COCO dicts; ids are 1-based (0 means 'unmatched' inside the engines)."""
     gt_dicts, predictions = _make_case(8)
-    gt, dt, counts = build_coco_inputs(gt_dicts, predictions, len(CLASSES))
+    arrays, counts = build_eval_arrays(gt_dicts, predictions, len(CLASSES))
+    gt, dt = coco_dicts_from_arrays(arrays)
     assert min(a["id"] for a in gt["annotations"]) == 1 and min(a["id"] for a in dt["annotations"]) == 1
     assert [i["id"] for i in gt["images"]] == list(range(1, len(gt_dicts) + 1))
     assert counts["gt_crowd"] == sum(a["iscrowd"] for r in gt_dicts for a in r["annotations"])
-    a = run_coco_engine(gt, dt, engine="faster_coco_eval")
-    b = run_coco_engine(gt, dt, engine="pycocotools")
+    a = run_engine(arrays, engine="faster_coco_eval", coco_dicts=(gt, dt))
+    b = run_engine(arrays, engine="pycocotools", coco_dicts=(gt, dt))
     np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6, rtol=0)
 
 
@@ -301,10 +308,8 @@ def test_empty_ground_truth_and_predictions_are_valid():
 
 def test_category_parallel_evaluation_equals_single_process():
     gt_dicts, predictions = _make_case(9)
-    single, single_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True,
-                                                engine="faster_coco_eval")
-    parallel, parallel_arrays = evaluate_detections(gt_dicts, predictions, CLASSES, return_arrays=True, workers=2,
-                                                    engine="faster_coco_eval")
+    single, single_arrays = _evaluate_with_arrays(gt_dicts, predictions, engine="faster_coco_eval")
+    parallel, parallel_arrays = _evaluate_with_arrays(gt_dicts, predictions, workers=2, engine="faster_coco_eval")
     _assert_metrics_equal(single, parallel, tol=0.0)
     for key in ("precision", "recall", "scores"):
         np.testing.assert_array_equal(single_arrays[key], parallel_arrays[key])
@@ -314,9 +319,8 @@ def test_category_parallel_evaluation_equals_single_process():
 # ------------------------------------------------------------------ the "sarl" engine (csrc/eval) vs pycocotools
 def _assert_engines_identical(arrays, max_dets=(100, 300, 1500)):
     """The C++ engine's precision, recall and scores arrays equal pycocotools' bit for bit."""
-    native = run_native_engine(arrays, max_dets=max_dets)
-    gt, dt = coco_dicts_from_arrays(arrays)
-    reference = run_coco_engine(gt, dt, engine="pycocotools", max_dets=max_dets)
+    native = run_engine(arrays, engine="sarl", max_dets=max_dets)
+    reference = run_engine(arrays, engine="pycocotools", max_dets=max_dets)
     for key in ("precision", "recall", "scores"):
         assert native[key].shape == reference[key].shape, key
         mismatch = np.argwhere(native[key] != reference[key])
@@ -382,9 +386,9 @@ def test_sarl_engine_is_deterministic_across_thread_counts():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = run_native_engine(arrays)
+        one = run_engine(arrays, engine="sarl")
         torch.set_num_threads(2)
-        two = run_native_engine(arrays)
+        two = run_engine(arrays, engine="sarl")
     finally:
         torch.set_num_threads(threads)
     for key in ("precision", "recall", "scores"):
@@ -401,7 +405,7 @@ def test_sarl_engine_empty_inputs_and_errors():
     # No ground truth: every cell -1.
     empty_gt = [dict(r, annotations=[]) for r in gt_dicts]
     no_gt, _ = build_eval_arrays(empty_gt, predictions, len(CLASSES))
-    assert (run_native_engine(no_gt)["precision"] == -1).all()
+    assert (run_engine(no_gt, engine="sarl")["precision"] == -1).all()
     op = torch.ops.sarl.coco_eval_bbox
     t = torch.from_numpy
     args = [t(arrays.gt_boxes), t(arrays.gt_image), t(arrays.gt_category), t(arrays.gt_area), t(arrays.gt_crowd),
@@ -442,7 +446,7 @@ def test_coco_eval_op_schema_and_fake_registration():
 
 
 def test_sarl_engine_falls_back_without_the_extension(monkeypatch, caplog):
-    import sarl.evaluation.aitod_evaluator as module
+    import sarl.evaluation.engines as module
 
     gt_dicts, predictions = _make_case(13)
     expected = evaluate_detections(gt_dicts, predictions, CLASSES, engine="pycocotools")

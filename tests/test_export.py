@@ -4,11 +4,12 @@ ops kept in the graph) and TorchScript; the command-line tool end to end (ONNX: 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from sarl.inference import export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _export_tool():
-    sys.path.insert(0, str(REPO / "tools"))
     spec = importlib.util.spec_from_file_location("sarl_export_model", REPO / "tools" / "export_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,12 +44,11 @@ def _tiny_model(config: str, num_classes: int = 4, fused: bool = False):
 
 @pytest.mark.parametrize("config", ["demo/sarl_yolox_synthetic.yaml", "Base-YOLOv5.yaml"])
 def test_torchscript_export_matches_eager(config, tmp_path):
-    tool = _export_tool()
     model = _tiny_model(config)
-    traced = tool.export_torchscript(model, size=64)
+    traced = export.export_torchscript(model, size=64)
     traced.save(str(tmp_path / "model.ts"))
     loaded = torch.jit.load(str(tmp_path / "model.ts"))
-    diffs = tool.compare_with_eager(model, loaded, size=64, batch=2)
+    diffs = export.compare_with_eager(model, loaded, size=64, batch=2)
     assert diffs["boxes"] < 1e-3 and diffs["scores"] < 1e-5, diffs
     assert "detections_count" not in diffs and diffs.get("detections", 0.0) < 1e-3, diffs
     boxes, scores = loaded(torch.rand(1, 3, 64, 64) * 255)
@@ -62,16 +61,15 @@ def test_torchscript_export_matches_eager(config, tmp_path):
 def test_torch_export_matches_eager_with_dynamic_batch(config, fused, tmp_path):
     import sarl.ops
 
-    tool = _export_tool()
     model = _tiny_model(config, fused=fused)
-    program = tool.export_program(model, size=64, max_batch=8)
+    program = export.export_program(model, size=64, max_batch=8)
     sarl_ops = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("sarl.")}
     # The fused relay ops stay in the graph as custom ops (the C++ kernels run), else plain aten ops.
     assert sarl_ops == ({"sarl.relay_pool.default", "sarl.relay_gate.default"}
                         if fused and sarl.ops.extension_available() else set()), sarl_ops
     torch.export.save(program, str(tmp_path / "model.pt2"))
     loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
-    diffs = tool.compare_with_eager(model, loaded, size=64, batch=3)  # exported with batch 2: the batch is dynamic
+    diffs = export.compare_with_eager(model, loaded, size=64, batch=3)  # exported with batch 2: the batch is dynamic
     assert diffs["boxes"] < 1e-3 and diffs["scores"] < 1e-5, diffs
     assert "detections_count" not in diffs and diffs.get("detections", 0.0) < 1e-3, diffs
     assert loaded(torch.rand(1, 3, 64, 64) * 255)[0].shape[0] == 1
@@ -90,11 +88,10 @@ def test_export_command_writes_and_checks_every_format(tmp_path, capsys):
 
 
 def test_onnx_reports_missing_package(tmp_path):
-    tool = _export_tool()
     try:
         import onnx  # noqa: F401
     except ImportError:
-        message = tool.try_export_onnx(tool.DecodedDetector(_tiny_model("demo/sarl_yolox_synthetic.yaml")), 64,
+        message = export.try_export_onnx(export.DecodedDetector(_tiny_model("demo/sarl_yolox_synthetic.yaml")), 64,
                                        str(tmp_path / "m.onnx"))
         assert "onnx" in message and "not installed" in message
     else:

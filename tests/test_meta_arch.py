@@ -219,7 +219,7 @@ def test_every_config_builds_its_declared_model():
         if "aitod" in path and "v2" not in path:
             assert cfg.INPUT.YOLO.IMG_SIZE == 800 and cfg.MODEL.YOLO.NUM_CLASSES == 8
             assert cfg.TEST.DETECTIONS_PER_IMAGE == 3000
-    yolox = tiny_cfg("configs/sarl_yolox_aitod.yaml", img=64)
+    yolox = tiny_cfg("configs/aitod/sarl_yolox_aitod.yaml", img=64)
     yolox.MODEL.CSPDARKNET.DEPTH_MULTIPLIER, yolox.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.33, 0.125
     model = build_model(yolox)
     assert model.head.num_classes == 8 and model.max_detections_per_image == 3000

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from conftest import needs_extension
 from sarl.config import add_sarl_config
 from sarl.modeling import SARLRelay
-from sarl.modeling.relay import build_sarl_relay
 
 
 def _fused_ops_ready() -> Tuple[bool, str]:
@@ -109,7 +108,7 @@ def test_disabled_is_identity():
 
     cfg = add_sarl_config(get_cfg())
     cfg.MODEL.SARL.ENABLED = False
-    relay = build_sarl_relay(cfg, FeatureStub(SPECS))
+    relay = SARLRelay(cfg, FeatureStub(SPECS))
     assert all(relay(feats)[k] is feats[k] for k in feats)
 
 
@@ -209,7 +208,7 @@ def test_config_keys_reach_the_module():
     cfg.MODEL.SARL.SPATIAL_KERNEL_SIZE = 3
     cfg.MODEL.SARL.RELAY_RESIDUAL = False
     cfg.MODEL.SARL.FUSED = False
-    relay = build_sarl_relay(cfg, FeatureStub(SPECS))
+    relay = SARLRelay(cfg, FeatureStub(SPECS))
     assert relay.in_features == ["dark4", "dark5"]
     assert relay.levels["dark5"].channel_mlp[0].out_features == 16 // 2
     assert relay.levels["dark4"].spatial_conv.kernel_size == (3, 3)

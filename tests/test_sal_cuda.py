@@ -19,11 +19,9 @@ from sarl.ops.sal_reference import (
     scale_adaptive_iou_loss_reference,
 )
 
-from test_sal_op import _loss_and_grad, _options, _xyxy_to_cxcywh, adversarial_pairs
+from test_sal_op import TOLERANCES, _loss_and_grad, _options, adversarial_pairs, option_case
 
 pytestmark = needs_cuda_kernels
-
-TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -32,11 +30,7 @@ TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(a
 @pytest.mark.parametrize("normalize", NORMALIZE_MODES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_cuda_matches_cpu_reference(loss_type, normalize, box_format, reduction, dtype):
-    pred, target = adversarial_pairs(dtype)
-    if box_format == "cxcywh":
-        pred, target = _xyxy_to_cxcywh(pred), _xyxy_to_cxcywh(target)
-    kw = dict(loss_type=loss_type, box_format=box_format, normalize=normalize, reduction=reduction,
-              weight=torch.linspace(0.5, 2.0, pred.shape[0], dtype=dtype), **_options(normalize, pred.shape[0]))
+    pred, target, kw = option_case(loss_type, normalize, box_format, reduction, dtype)
     kw_cuda = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     loss, grad = _loss_and_grad(scale_adaptive_iou_loss, pred.cuda(), target.cuda(), **kw_cuda)
     ref_loss, ref_grad = _loss_and_grad(scale_adaptive_iou_loss_reference, pred, target, **kw)

@@ -91,6 +91,16 @@ def _loss_and_grad(fn, pred, target, **kw):
     return loss.detach(), p.grad
 
 
+def option_case(loss_type, normalize, box_format, reduction, dtype):
+    """(pred, target, keyword options) of the adversarial pairs for one combination of the options."""
+    pred, target = adversarial_pairs(dtype)
+    if box_format == "cxcywh":
+        pred, target = _xyxy_to_cxcywh(pred), _xyxy_to_cxcywh(target)
+    kw = dict(loss_type=loss_type, box_format=box_format, normalize=normalize, reduction=reduction,
+              weight=torch.linspace(0.5, 2.0, pred.shape[0], dtype=dtype), **_options(normalize, pred.shape[0]))
+    return pred, target, kw
+
+
 @requires_extension
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -98,11 +108,7 @@ def _loss_and_grad(fn, pred, target, **kw):
 @pytest.mark.parametrize("normalize", NORMALIZE_MODES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_op_matches_reference(loss_type, normalize, box_format, reduction, dtype):
-    pred, target = adversarial_pairs(dtype)
-    if box_format == "cxcywh":
-        pred, target = _xyxy_to_cxcywh(pred), _xyxy_to_cxcywh(target)
-    kw = dict(loss_type=loss_type, box_format=box_format, normalize=normalize, reduction=reduction,
-              weight=torch.linspace(0.5, 2.0, pred.shape[0], dtype=dtype), **_options(normalize, pred.shape[0]))
+    pred, target, kw = option_case(loss_type, normalize, box_format, reduction, dtype)
     loss, grad = _loss_and_grad(scale_adaptive_iou_loss, pred, target, **kw)
     ref_loss, ref_grad = _loss_and_grad(scale_adaptive_iou_loss_reference, pred, target, **kw)
     assert loss.dtype == dtype and loss.shape == ref_loss.shape
@@ -300,14 +306,26 @@ def test_module_wrapper():
     assert "ciou" in repr(module)
 
 
-def test_fallback_warns_once_and_matches(monkeypatch):
-    pred, target = adversarial_pairs(torch.float64)
-    expected = scale_adaptive_iou_loss_reference(pred, target, loss_type="giou")
+def test_fallback_warns_once_and_matches_a_hand_computation(monkeypatch):
+    """Without the extension the op runs its reference: checked against GIoU and the SAL weights
+    worked out by hand for three pairs (not against the reference itself)."""
+    pred = torch.tensor([[1, 1, 3, 3], [5, 0, 6, 4], [12, 10, 18, 16]], dtype=torch.float64)
+    target = torch.tensor([[0, 0, 2, 2], [0, 0, 4, 4], [10, 10, 18, 14]], dtype=torch.float64)
+    # (intersection, union, enclosing area, target area) of each pair:
+    #   overlapping corners: 1, 4 + 4 - 1 = 7, 3 x 3 = 9, 4
+    #   disjoint:            0, 16 + 4 = 20,   6 x 4 = 24, 16
+    #   partial:             6 x 4 = 24, 32 + 36 - 24 = 44, 8 x 6 = 48, 32
+    pairs = [(1, 7, 9, 4), (0, 20, 24, 16), (24, 44, 48, 32)]
+    beta = 2 / math.log(2)
+    # normalize="fixed" over (0, 64): s = area / 64, every weight non-zero.
+    expected = [beta * math.log(2 - area / 64) * (1 - inter / union + (enclosing - union) / enclosing)
+                for inter, union, enclosing, area in pairs]
     monkeypatch.setenv("SARL_DISABLE_EXTENSION", "1")
     monkeypatch.setattr(_extension, "_WARNED", set())
     with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
-        got = scale_adaptive_iou_loss(pred, target, loss_type="giou")
-    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        got = scale_adaptive_iou_loss(pred, target, loss_type="giou", normalize="fixed", area_range=(0.0, 64.0),
+                                      reduction="none")
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=0)
 
 
 _BOX = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]])

@@ -151,11 +151,9 @@ def test_real_detector_through_the_slicer():
 def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys):
     import importlib.util
     import json
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(repo / "tools"))
     spec = importlib.util.spec_from_file_location("sarl_predict", repo / "tools" / "predict.py")
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)

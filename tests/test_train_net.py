@@ -3,7 +3,9 @@
 - user errors (wrong config key, unknown dataset) give one line naming them, exit status 2;
 - ``--num-gpus 2`` on CPU (Gloo, detectron2's ``launch``): both ranks end with identical weights;
 - a run killed with SIGKILL resumes (``--resume``) with the saved iteration, model, optimizer, EMA, scheduler,
-  no-aug state and data position, then finishes.
+  no-aug state and data position, then finishes;
+- the no-aug switch replaces the training loader (a mapper without mosaic/mixup/affine, the same data stream);
+- AutoAnchor refits a YOLOv5 head's anchors (and its EMA copy's) before a fresh training.
 """
 from __future__ import annotations
 
@@ -173,7 +175,7 @@ def test_resume_after_sigkill_restores_every_state(tiny_datasets, tmp_path, one_
     trainer.train()  # finishes: the no-aug switch is re-applied before the first resumed step
     assert trainer.iter == 20
     assert model.head.use_l1
-    assert not trainer._trainer.data_loader.yolo_mapper.augmentation_enabled
+    assert not trainer._trainer.data_loader.yolo_mapper.augment
     final = torch.load(out / "model_final.pth", weights_only=False)
     assert final["iteration"] == 19 and final["ema"]["updates"] == 20
     assert final["trainer"]["hooks"]["NoAugHook"] == {"active": True}
@@ -217,19 +219,59 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_datasets, tmp_pa
         assert torch.equal(s["momentum_buffer"], resumed["trainer"]["_trainer"]["optimizer"]["state"][pid]["momentum_buffer"])
 
 
+# ------------------------------------------------------------------ no-aug phase
+def test_no_aug_switch_replaces_the_loader_and_continues_the_stream(tiny_datasets, tmp_path, one_thread):
+    from sarl.engine import YOLOTrainer, unwrap_model
+
+    train_net = _load_train_net()
+    trainer = YOLOTrainer(train_net.load_config(CONFIG, _tiny_opts(str(tmp_path / "out"))))
+    trainer.resume_or_load(resume=False)
+    before = trainer._trainer.data_loader
+    assert before.yolo_mapper.augment and not unwrap_model(trainer.model).head.use_l1
+    trainer.iter = 3
+    trainer._switch_to_no_aug()
+    after = trainer._trainer.data_loader
+    assert after is not before and not after.yolo_mapper.augment and unwrap_model(trainer.model).head.use_l1
+    # The same stream, from the samples of iteration 3 on (batch 2 per process).
+    assert (after.train_sampler.seed, after.train_sampler.start_index) == (trainer.data_seed, 3 * 2)
+    assert len(next(trainer._trainer._data_loader_iter)) == 2  # the step runner draws from the new loader
+
+
+# ------------------------------------------------------------------ AutoAnchor (YOLOv5 head)
+def test_autoanchor_refits_before_a_fresh_training(tiny_datasets, tmp_path, one_thread):
+    from sarl.engine import YOLOTrainer, unwrap_model
+
+    train_net = _load_train_net()
+    # Anchors of 200-300 px recall none of the 2-48 px boxes of the tiny set (anchor/box side ratio over 4).
+    big_anchors = str([[[200, 200], [250, 250], [300, 300]]] * 3)
+    opts = _tiny_opts(str(tmp_path / "out")) + ["MODEL.YOLO.NUM_CLASSES", "4", "MODEL.YOLOV5.ANCHORS", big_anchors,
+                                                "MODEL.YOLOV5.AUTOANCHOR_GENERATIONS", "20",
+                                                "DATASETS.TRAIN", "('synthetic_tiny_train',)"]
+    trainer = YOLOTrainer(train_net.load_config(str(REPO / "configs" / "Base-YOLOv5.yaml"), opts))
+    trainer.resume_or_load(resume=False)
+    head = unwrap_model(trainer.model).head
+    assert head.anchors.min() == 200
+    trainer.before_train()  # the hooks' before_train, as train() runs them
+    assert head.anchors.max() < 100  # refitted to the boxes
+    assert torch.equal(trainer.ema.module.head.anchors, head.anchors)  # the evaluated copy has them too
+
+
 # ------------------------------------------------------------------ ablation tool (grid, resumability, tables)
 def test_ablation_grid_tables_and_resume(tmp_path, capsys):
     import json
+
+    from sarl.benchmark.ablation import SUMMARY_KEYS, cell_overrides, grid
+    from sarl.benchmark.metrics_json import last_evaluation
 
     spec = importlib.util.spec_from_file_location("sarl_ablation", REPO / "tools" / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     args = ablation.get_parser().parse_args(["--output", str(tmp_path)])
-    cells = ablation.grid(["yolox", "yolov5"], ["yolox"])
+    cells = grid(["yolox", "yolov5"], ["yolox"])
     assert len(cells) == 10  # 4 + 4 SARL/SAL cells, 2 extra beta cells for YOLOX
     assert {(c["sarl"], c["sal"]) for c in cells if c["detector"] == "yolov5"} == {
         (False, False), (True, False), (False, True), (True, True)}
-    opts = ablation.cell_overrides(cells[1], args, seed=3)
+    opts = cell_overrides(cells[1], args, seed=3)
     assert opts[opts.index("MODEL.SARL.ENABLED") + 1] == "True" and opts[opts.index("SEED") + 1] == "3"
     # Finished runs (result.json present) are not trained again: main() only reads them, with two jobs at once.
     # Cell i scores AP i with seed 0 and i + 2 with seed 1, so the table shows the mean i + 1 and a spread of 2.
@@ -237,7 +279,7 @@ def test_ablation_grid_tables_and_resume(tmp_path, capsys):
         for seed in (0, 1):
             out = tmp_path / cell["detector"] / cell["cell"] / f"seed{seed}"
             out.mkdir(parents=True)
-            metrics = {k: float(i + 2 * seed) for k in ablation.SUMMARY_KEYS}
+            metrics = {k: float(i + 2 * seed) for k in SUMMARY_KEYS}
             metrics["AP-vehicle"] = 2.0 * i
             (out / "result.json").write_text(json.dumps(dict(cell, seed=seed, metrics=metrics)))
     assert ablation.main(["--output", str(tmp_path), "--seeds", "0,1", "--jobs", "2"]) == 0
@@ -259,4 +301,4 @@ def test_ablation_grid_tables_and_resume(tmp_path, capsys):
     assert ablation.main(["--output", str(tmp_path), "--jobs", "2", "--device", "cuda"]) == 2
     metrics_json = tmp_path / "metrics.json"
     metrics_json.write_text('{"iteration": 3, "total_loss": 1.0}\n{"iteration": 5, "bbox/AP": 7.5, "bbox/AP50": 9}\n')
-    assert ablation.final_metrics(str(metrics_json)) == {"AP": 7.5, "AP50": 9}
+    assert last_evaluation(str(metrics_json)) == {"AP": 7.5, "AP50": 9}

@@ -13,7 +13,9 @@ from detectron2.structures import Boxes, Instances
 
 from sarl.config import add_sarl_config
 from sarl.modeling import build_yolo_head
-from sarl.modeling.heads.yolov5_head import YOLOv5Head, paired_iou
+from sarl.modeling.heads.yolov5_head import YOLOv5Head
+from sarl.modeling.losses import SALParams
+from sarl.ops.box_iou import paired_box_iou
 
 IMG = 64  # tiny inputs: P3 8x8, P4 4x4, P5 2x2
 
@@ -75,6 +77,10 @@ def _random_gts(num, rng, size=IMG, num_classes=3):
                       torch.randint(0, num_classes, (num,), generator=rng))
 
 
+def paired_iou(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    return paired_box_iou(pred_cxcywh, target_cxcywh, box_format="cxcywh")
+
+
 def _head_only(num_classes=3, **kwargs) -> YOLOv5Head:
     defaults = dict(in_channels=[8, 16, 32], strides=[8, 16, 32], num_classes=num_classes,
                     anchors=[[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]],
@@ -103,8 +109,14 @@ def test_built_from_config_with_official_priors_and_gains():
     assert head.box_gain == pytest.approx(0.05)
     assert head.cls_gain == pytest.approx(0.5 * 3 / 80)
     assert head.obj_gain == pytest.approx((IMG / 640) ** 2)
-    assert head.box_loss_type == "iou2"  # SAL on: the paper's base loss
-    assert _head_only(sal_enabled=False).box_loss_type == "ciou"  # SAL off: official YOLOv5
+    assert head.sal.enabled and head.sal.loss_type == "iou2"  # SAL on: the paper's base loss
+    plain = TinyDetector(_cfg(sal=False)).head
+    assert not plain.sal.enabled and plain.sal.loss_type == "ciou"  # SAL off: official YOLOv5
+    assert plain.obj_target_complete_iou and not head.obj_target_complete_iou  # CIoU obj targets with CIoU
+    # The box loss is an explicit argument too (the config builds it with SALParams.from_config).
+    assert _head_only(sal=SALParams(enabled=False, loss_type="ciou")).obj_target_complete_iou
+    with pytest.raises(ValueError, match="box loss type"):
+        _head_only(sal=SALParams(loss_type="l1"))
 
 
 def test_p2_level_gets_its_anchors_balance_and_gain_scaling():
@@ -192,7 +204,7 @@ def test_sal_box_loss_composition_matches_a_hand_computation():
     pred, target = torch.cat(preds), torch.cat(targets)
     area = target[:, 2] * target[:, 3]
     s = (area - area.min()) / (area.max() - area.min())
-    per_match = head.sal_params.beta * torch.log(2 - s) * (1 - paired_iou(pred, target) ** 2)
+    per_match = head.sal.beta * torch.log(2 - s) * (1 - paired_iou(pred, target) ** 2)
     expected = sum(chunk.mean() for chunk in per_match.split(level_sizes) if len(chunk))
     losses = head.losses(outputs, gts)
     torch.testing.assert_close(losses["loss_box"], expected * head.box_gain * 2, rtol=1e-5, atol=1e-6)
@@ -372,12 +384,12 @@ def test_yolo_detector_with_the_sarl_yolov5_config_trains_and_predicts():
     from detectron2.modeling import build_model
 
     cfg = add_sarl_config(get_cfg())
-    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "sarl_yolov5_aitod.yaml"))
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "aitod" / "sarl_yolov5_aitod.yaml"))
     cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.125
     cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER = 0.33
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
-    assert isinstance(model.head, YOLOv5Head) and model.head.sal_enabled and model.head.box_loss_type == "iou2"
+    assert isinstance(model.head, YOLOv5Head) and model.head.sal.enabled and model.head.sal.loss_type == "iou2"
     gts = _instances([[10, 10, 20, 18], [50, 40, 58, 47]], [1, 7], size=(96, 128))
     batch = [{"image": torch.randint(0, 255, (3, 96, 128)).float(), "instances": gts},
              {"image": torch.randint(0, 255, (3, 90, 100)).float(), "instances": gts[:0]}]

@@ -303,7 +303,7 @@ def test_accumulate_ramp_and_param_groups():
     assert len(by_param) == sum(len(v) for v in kinds.values())
     assert all(by_param[id(p)] == pytest.approx(WD) for p in kinds["decay"])  # 5e-4 * 16 * 4 / 64
     assert all(by_param[id(p)] == 0.0 for p in kinds["bias"] + kinds["norm"])
-    # Batch 4 (configs/yolov5_aitod.yaml): 16 iterations per update of 64 images; 24: 3 and decay x 72/64.
+    # Batch 4 (configs/aitod/yolov5_aitod.yaml): 16 iterations per update of 64 images; 24: 3 and decay x 72/64.
     for bs, acc, wd in [(4, 16, WD), (24, 3, WD * 72 / 64), (128, 1, WD * 2)]:
         cfg, net, opt, _, recipe = _setup(bs, 10, 30)
         assert recipe.accumulate == acc

@@ -124,7 +124,66 @@ def test_sal_reweights_the_box_term_by_gt_size():
     assert weighted[1].item() == pytest.approx(0.0, abs=1e-6)
     # From a config: ENABLED False switches the weights off.
     cfg = head_cfg(**{"MODEL.SAL.ENABLED": False})
-    torch.testing.assert_close(sal_box_loss(cfg, pred, target), plain.sum())
+    torch.testing.assert_close(sal_box_loss(SALParams.from_config(cfg), pred, target), plain.sum())
+
+
+def _hand_picked_scene():
+    """Three GTs (two in image 0, one in image 1), each with one anchor whose predicted box overlaps
+    it; every other anchor predicts a box of ~1e-7 px^2 (IoU ~ 0). SimOTA's dynamic k is then
+    int(IoU) -> 1, and each GT takes its overlapping anchor (the IoU cost of the others is ~55).
+
+    Returns (outputs, gts, {image: [anchor index]}, [(IoU, GT area)] in plain floats).
+    Anchors: stride 8 (8x8 grid, indices 0..63), 16 (64..79), 32 (80..83); decode: centre =
+    (delta + grid) * stride, size = exp(log-delta) * stride, so log-deltas of 0 give a stride-sized box.
+    """
+    anchors = make_anchor_points([(IMG // s, IMG // s) for s in STRIDES], STRIDES)
+    num_anchors = anchors.num_anchors
+    reg = torch.zeros(2, num_anchors, 4)
+    reg[..., 2:] = -10.0  # exp(-10) * stride: a box of ~1e-7 px^2 everywhere ...
+    # ... except the picked anchors: (image, anchor, dx, dy) with a stride x stride box.
+    # GT A [8, 9, 16, 15] (8 x 6): stride 8, grid (1, 1) -> anchor 9, box centre (13, 12) -> [9, 8, 17, 16].
+    reg[0, 9] = torch.tensor([0.625, 0.5, 0.0, 0.0])
+    # GT B [36, 36, 52, 48] (16 x 12): stride 16, grid (2, 2) -> anchor 74, centre (44, 44) -> [36, 36, 52, 52].
+    reg[0, 74] = torch.tensor([0.75, 0.75, 0.0, 0.0])
+    # GT C [10, 14, 34, 34] (24 x 20): stride 32, grid (0, 0) -> anchor 80, centre (24, 24) -> [8, 8, 40, 40].
+    reg[1, 80] = torch.tensor([0.75, 0.75, 0.0, 0.0])
+    outputs = YOLOXOutputs(torch.zeros(2, num_anchors, 3), reg, torch.zeros(2, num_anchors), anchors)
+    gts = [instances([[8, 9, 16, 15], [36, 36, 52, 48]], [0, 1]), instances([[10, 14, 34, 34]], [2])]
+    # IoU by hand: A: overlap 7 x 6 = 42, union 48 + 64 - 42 = 70; B: overlap 16 x 12 = 192 = B,
+    # union 256; C: overlap 24 x 20 = 480 = C, union 1024.
+    pairs = [(42 / 70, 48.0), (192 / 256, 192.0), (480 / 1024, 480.0)]
+    return outputs, gts, {0: [9, 74], 1: [80]}, pairs
+
+
+@pytest.mark.parametrize("assigner", ["sparse", "dense"])
+def test_sal_box_term_of_the_head_matches_the_paper_formula_by_hand(assigner):
+    """loss_box = alpha * sum_i w_i (1 - IoU_i^2) / num_fg with w_i = beta ln(2 - s_i) and s_i the GT
+    areas min-max normalised over the whole batch (paper eq. 3-5), computed in plain floats."""
+    head = build_head(**{"MODEL.SAL.ENABLED": True, "MODEL.SAL.NORMALIZE": "batch", "MODEL.SAL.LOSS_TYPE": "iou2",
+                         "MODEL.SAL.ALPHA": 5.0, "MODEL.YOLOX.ASSIGNER": assigner})
+    outputs, gts, picked, pairs = _hand_picked_scene()
+
+    # The premise: SimOTA assigns exactly the picked anchors.
+    boxes = YOLOXHead.decode_boxes(outputs.reg_deltas, outputs.anchors)
+    for image, inst in enumerate(gts):
+        a = simota_assign_dense(outputs.anchors, boxes[image], outputs.cls_logits[image],
+                                outputs.obj_logits[image], inst.gt_boxes.tensor, inst.gt_classes)
+        assert a.fg_mask.nonzero().flatten().tolist() == picked[image]
+
+    beta, alpha = 2 / math.log(2), 5.0
+    areas = [area for _, area in pairs]
+    lo, hi = min(areas), max(areas)
+    expected = alpha * sum(beta * math.log(2 - (area - lo) / (hi - lo)) * (1 - iou ** 2)
+                           for iou, area in pairs) / len(pairs)
+    # = 5 * (2 * 0.64 + beta ln(5/3) * 0.4375 + 0 * 0.78027) / 3
+    assert expected == pytest.approx(5 * (1.28 + beta * math.log(5 / 3) * 0.4375) / 3)
+    assert head.losses(outputs, gts)["loss_box"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_syncbn_norm_reaches_the_head():
+    head = build_head(**{"MODEL.CSPDARKNET.NORM": "SyncBN"})
+    norms = [m for m in head.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
 
 
 def test_no_gt_keeps_every_branch_in_the_graph():
@@ -183,7 +242,7 @@ def test_dense_scene_of_2000_objects(assigner):
 def test_bad_assigner_name_is_reported():
     with pytest.raises(ValueError, match="MODEL.YOLOX.ASSIGNER"):
         build_head(**{"MODEL.YOLOX.ASSIGNER": "fast"})
-    with pytest.raises(KeyError, match="IN_FEATURES"):
+    with pytest.raises(ValueError, match="IN_FEATURES"):
         YOLOXHead(head_cfg(**{"MODEL.YOLO.IN_FEATURES": ["p2", "p3"]}),
                   {"p3": ShapeSpec(channels=16, stride=8)})
 

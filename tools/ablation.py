@@ -26,201 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
-import subprocess
 import sys
-import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+
+from sarl.benchmark.ablation import BASE_CONFIGS, grid, run_cell
+from sarl.benchmark.ablation_report import bar_chart, markdown_tables, mean_over_seeds
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-BETAS = OrderedDict([("1", 1.0), ("1/ln2", 1.0 / math.log(2.0)), ("2/ln2", 2.0 / math.log(2.0))])
-BASE_CONFIGS = {"yolox": "configs/Base-YOLOX.yaml", "yolov5": "configs/Base-YOLOv5.yaml"}
-SUMMARY_KEYS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m"]
-
-
-def grid(detectors: Sequence[str], beta_detectors: Sequence[str]) -> List[Dict]:
-    """The cells to run, in table order."""
-    cells = []
-    for det in detectors:
-        for name, sarl, sal in (("baseline", False, False), ("sarl", True, False), ("sal", False, True),
-                                ("sarl_sal", True, True)):
-            cells.append({"detector": det, "cell": name, "sarl": sarl, "sal": sal, "beta": "2/ln2"})
-        if det in beta_detectors:
-            for beta in ("1", "1/ln2"):
-                cells.append({"detector": det, "cell": f"sarl_sal_beta_{beta.replace('/', '_')}", "sarl": True,
-                              "sal": True, "beta": beta})
-    return cells
-
-
-def cell_overrides(cell: Dict, args, seed: int) -> List[str]:
-    opts = [
-        "MODEL.SARL.ENABLED", str(cell["sarl"]), "MODEL.SAL.ENABLED", str(cell["sal"]),
-        "MODEL.SAL.BETA", repr(BETAS[cell["beta"]]),
-        "MODEL.YOLO.NUM_CLASSES", str(args.num_classes),
-        "MODEL.CSPDARKNET.WIDTH_MULTIPLIER", str(args.width), "MODEL.CSPDARKNET.DEPTH_MULTIPLIER", str(args.depth),
-        "MODEL.DEVICE", args.device,
-        "INPUT.YOLO.IMG_SIZE", str(args.img_size), "INPUT.YOLO.MIXUP_PROB", str(args.mixup),
-        "INPUT.YOLO.MOSAIC_SCALE", f"[{args.mosaic_scale[0]}, {args.mosaic_scale[1]}]",
-        "DATASETS.TRAIN", f"('{args.train}',)", "DATASETS.TEST", f"('{args.test}',)",
-        "DATALOADER.NUM_WORKERS", str(args.num_workers),
-        "SOLVER.IMS_PER_BATCH", str(args.ims_per_batch), "SOLVER.YOLO.EPOCHS", str(args.epochs),
-        "SOLVER.YOLO.WARMUP_EPOCHS", str(args.warmup_epochs), "SOLVER.YOLO.NO_AUG_EPOCHS", str(args.no_aug_epochs),
-        # One recipe for both detectors (YOLOX's, per-image lr): at these budgets YOLOv5's own recipe
-        # (64-image nominal batch, 100+ warmup iterations) would barely step. Override with
-        # `SOLVER.YOLO.RECIPE yolov5` after the options to use it.
-        "SOLVER.YOLO.RECIPE", "yolox",
-        "SOLVER.YOLO.BASE_LR_PER_IMAGE", str(args.lr_per_image), "SOLVER.EMA.RAMP", str(args.ema_ramp),
-        "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period), "TEST.EVAL_PERIOD", "0",
-        "TEST.DETECTIONS_PER_IMAGE", str(args.detections_per_image), "SEED", str(seed),
-    ]
-    return opts + list(args.opts)
-
-
-def final_metrics(metrics_json: str) -> Optional[Dict[str, float]]:
-    """The last evaluation in a detectron2 ``metrics.json`` (keys ``bbox/...``)."""
-    last = None
-    if not os.path.isfile(metrics_json):
-        return None
-    with open(metrics_json) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                row = json.loads(line)
-                if "bbox/AP" in row:
-                    last = row
-    if last is None:
-        return None
-    return {k[len("bbox/"):]: v for k, v in last.items() if k.startswith("bbox/")}
-
-
-def run_cell(cell: Dict, seed: int, args) -> Dict:
-    """Train and score one cell with one seed (or read its earlier ``result.json``)."""
-    name = f"{cell['detector']}/{cell['cell']}/seed{seed}"
-    out = os.path.join(args.output, cell["detector"], cell["cell"], f"seed{seed}")
-    result_path = os.path.join(out, "result.json")
-    if os.path.isfile(result_path):
-        with open(result_path) as f:
-            return json.load(f)
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-           os.path.join(REPO, args.config or BASE_CONFIGS[cell["detector"]]), "--num-gpus", str(args.num_gpus),
-           "--resume"] + cell_overrides(cell, args, seed) + ["OUTPUT_DIR", out]
-    if args.dry_run:
-        print(f"[ablation] {name}:\n  " + " ".join(cmd))
-        return {}
-    os.makedirs(out, exist_ok=True)
-    env = dict(os.environ)
-    if args.device == "cpu" and "OMP_NUM_THREADS" not in env:
-        # N runs at once on one CPU: share the cores (oversubscribed OpenMP threads are far slower).
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
-    print(f"[ablation] {name}: training ({out}/stdout.log)", flush=True)
-    start = time.perf_counter()
-    with open(os.path.join(out, "stdout.log"), "a") as log:
-        status = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if status != 0:
-        raise RuntimeError(f"[ablation] {name} failed (exit {status}); see {out}/stdout.log")
-    metrics = final_metrics(os.path.join(out, "metrics.json"))
-    if metrics is None:
-        raise RuntimeError(f"[ablation] {name}: no evaluation in {out}/metrics.json")
-    result = dict(cell, seed=seed, metrics=metrics, seconds=round(time.perf_counter() - start, 1))
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"[ablation] {name}: AP {metrics['AP']:.1f} in {result['seconds'] / 60:.1f} min", flush=True)
-    return result
-
-
-def mean_over_seeds(cell: Dict, runs: List[Dict]) -> Dict:
-    """One row per cell: every metric averaged over its seeds, plus the seeds and the AP of each."""
-    keys = list(dict.fromkeys(k for r in runs for k in r["metrics"]))
-    metrics = {}
-    for k in keys:
-        values = [r["metrics"][k] for r in runs if k in r["metrics"] and not math.isnan(r["metrics"][k])]
-        metrics[k] = statistics.fmean(values) if values else float("nan")
-    return dict(cell, metrics=metrics, seeds=[r["seed"] for r in runs], ap_per_seed=[r["metrics"]["AP"] for r in runs])
-
-
-def _fmt(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
-
-
-def _row_values(r: Dict, classes: List[str], with_spread: bool) -> List[str]:
-    m = r["metrics"]
-    values = [_fmt(m.get(k)) for k in SUMMARY_KEYS]
-    if with_spread:
-        aps = r["ap_per_seed"]
-        values.insert(1, _fmt(max(aps) - min(aps)))
-    return values + [_fmt(m.get(f"AP-{c}")) for c in classes]
-
-
-def markdown_tables(results: List[Dict], args) -> str:
-    """Tables V/VI (per detector: SARL x SAL) and VII (beta), AP in %, per-class AP columns as the paper.
-
-    ``results`` are rows from :func:`mean_over_seeds`; with more than one seed an "AP spread" column
-    (max - min of AP over the seeds) follows AP.
-    """
-    classes = []
-    for r in results:
-        classes += [k[3:] for k in r["metrics"] if k.startswith("AP-") and k[3:] not in classes]
-    seeds = args.seed_list
-    with_spread = len(seeds) > 1
-    header_metrics = ["AP", "AP<sub>50</sub>", "AP<sub>75</sub>", "AP<sub>vt</sub>", "AP<sub>t</sub>",
-                      "AP<sub>s</sub>", "AP<sub>m</sub>"] + classes
-    if with_spread:
-        header_metrics.insert(1, "AP spread")
-    seed_text = (f"seeds {', '.join(map(str, seeds))} (every value is the mean over the seeds; AP spread = "
-                 f"max - min of AP over the seeds)" if with_spread else f"seed {seeds[0]}")
-    lines = [f"Budget: {args.epochs} epochs ({args.no_aug_epochs} without mosaic) of `{args.train}` at "
-             f"{args.img_size} px, batch {args.ims_per_batch}, width x{args.width}, depth x{args.depth}; "
-             f"{seed_text}; scored on `{args.test}` (AI-TOD protocol, AP in %).", ""]
-    for det in dict.fromkeys(r["detector"] for r in results):
-        rows = [r for r in results if r["detector"] == det and r["beta"] == "2/ln2"]
-        lines += [f"**{det.upper()}: SARL and SAL (Tables V/VI)**", "",
-                  "| " + " | ".join([det.upper(), "SARL", "SAL"] + header_metrics) + " |",
-                  "|" + "---|" * (3 + len(header_metrics))]
-        for r in rows:
-            marks = ["✓", "✓" if r["sarl"] else "", "✓" if r["sal"] else ""]
-            lines.append("| " + " | ".join(marks + _row_values(r, classes, with_spread)) + " |")
-        lines.append("")
-        beta_rows = [r for r in results if r["detector"] == det and r["sarl"] and r["sal"]]
-        if len(beta_rows) > 1:
-            lines += [f"**{det.upper()} + SARL + SAL: the factor β (Table VII)**", "",
-                      "| " + " | ".join(["β"] + header_metrics) + " |", "|" + "---|" * (1 + len(header_metrics))]
-            for r in sorted(beta_rows, key=lambda r: BETAS[r["beta"]]):
-                beta = r["beta"].replace("ln2", "ln 2")
-                lines.append("| " + " | ".join([beta] + _row_values(r, classes, with_spread)) + " |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def bar_chart(results: List[Dict], path: str) -> str:
-    """AP per cell (mean over seeds), each seed's AP as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['detector']}\n{r['cell'].replace('sarl_sal_beta_', 'both β=').replace('_', '+')}" for r in results]
-    values = [r["metrics"]["AP"] for r in results]
-    colours = ["tab:blue" if r["detector"] == "yolox" else "tab:orange" for r in results]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results)), 4))
-    bars = ax.bar(range(len(results)), values, color=colours)
-    for i, (bar, value, r) in enumerate(zip(bars, values, results)):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.1f}", ha="center", va="bottom",
-                fontsize=8)
-        if len(r["ap_per_seed"]) > 1:
-            ax.scatter([i] * len(r["ap_per_seed"]), r["ap_per_seed"], color="black", s=10, zorder=3)
-    ax.set_xticks(range(len(results)))
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("AP (%)")
-    seeds = sorted({s for r in results for s in r["seeds"]})
-    ax.set_title(f"Ablation: SARL / SAL / β (same budget; seeds {', '.join(map(str, seeds))})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -283,7 +96,7 @@ def main(argv=None) -> int:
     runs = [(cell, seed) for seed in args.seed_list for cell in cells]
     try:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda run: run_cell(run[0], run[1], args), runs))
+            results = list(pool.map(lambda run: run_cell(run[0], run[1], args, REPO), runs))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

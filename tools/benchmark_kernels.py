@@ -4,21 +4,19 @@
     python tools/benchmark_kernels.py --op sal --json out.json
     python tools/benchmark_kernels.py --op all --device all
 
-Ops: ``sal`` (scale-adaptive IoU loss), ``relay`` (SARL pool/gate ops and the relay's share of a
-training step), ``assign`` (sparse vs dense SimOTA). Each prints a table; ``--json`` writes all
+Ops (modules of ``sarl.benchmark``): ``sal`` (scale-adaptive IoU loss), ``relay`` (SARL pool/gate ops and the
+relay's share of a training step), ``assign`` (sparse vs dense SimOTA). Each prints a table; ``--json`` writes all
 figures and ratios. Figures are medians; ratios are taken within the same run.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.benchmarks.common import machine_description, write_json  # noqa: E402
+from sarl.benchmark.common import machine_description, write_json
 
 OPS = ("sal", "relay", "assign")
 
@@ -39,7 +37,7 @@ def main(argv=None) -> int:
     ops = OPS if args.op == "all" else (args.op,)
     payload = {"machine": {d: machine_description(d) for d in devices}, "results": {}}
     for op in ops:
-        module = importlib.import_module(f"tools.benchmarks.{op}")
+        module = importlib.import_module(f"sarl.benchmark.{op}")
         payload["results"][op] = {dev: module.run(dev, args) for dev in devices}
     if args.json:
         write_json(args.json, payload)

@@ -18,14 +18,9 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List
+import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SARL"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sarl.benchmark.metrics_json import read_metrics_json
 
 logger = logging.getLogger("sarl.demo")
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -43,17 +38,6 @@ def auto_threads() -> int:
     return max(1, min(cores, int(round(cores - busy))))
 
 
-def read_metrics(path: str) -> List[Dict]:
-    rows = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    rows.append(json.loads(line))
-    return rows
-
-
 def plot_curves(metrics_json: str, out_png: str, untrained_ap: float) -> str:
     """Training loss and validation AP against the iteration."""
     import matplotlib
@@ -61,7 +45,7 @@ def plot_curves(metrics_json: str, out_png: str, untrained_ap: float) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_json)
+    rows = read_metrics_json(metrics_json)
     loss = [(r["iteration"], r["total_loss"]) for r in rows if "total_loss" in r]
     ap = [(r["iteration"], r["bbox/AP"]) for r in rows if "bbox/AP" in r]
     fig, ax_loss = plt.subplots(figsize=(8, 4.5))
@@ -78,34 +62,6 @@ def plot_curves(metrics_json: str, out_png: str, untrained_ap: float) -> str:
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return out_png
-
-
-def draw_predictions(cfg, model, dataset_name: str, out_dir: str, num_images: int, score: float) -> List[str]:
-    """Predictions (green) and ground truth (thin white) on the first ``num_images`` validation images."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from predict import ImagePredictor, draw
-
-    os.makedirs(out_dir, exist_ok=True)
-    predictor = ImagePredictor(model, cfg.INPUT.YOLO.IMG_SIZE, cfg.INPUT.FORMAT)
-    metadata = MetadataCatalog.get(dataset_name)
-    paths = []
-    for record in DatasetCatalog.get(dataset_name)[:num_images]:
-        image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
-        if image is None:
-            logger.warning(f"cannot read {record['file_name']}: skipped")
-            continue
-        instances = predictor(image)
-        canvas = image.copy()
-        for ann in record.get("annotations", []):
-            x, y, w, h = (int(round(v)) for v in ann["bbox"])
-            cv2.rectangle(canvas, (x, y), (x + w, y + h), (255, 255, 255), 1)
-        vis = draw(canvas, instances[instances.scores > score], metadata)
-        # Small images with tiny objects: upscale the picture so boxes and labels are legible.
-        vis = cv2.resize(vis, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".jpg")
-        cv2.imwrite(path, vis)
-        paths.append(path)
-    return paths
 
 
 def main(argv=None) -> int:
@@ -126,10 +82,11 @@ def main(argv=None) -> int:
     from detectron2.data import DatasetCatalog
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
-    from train_net import UserError, load_config
 
+    from sarl.config import UserError, load_config
     from sarl.engine import YOLOTrainer
     from sarl.evaluation import format_aitod_table
+    from sarl.inference import Predictor, draw_dataset_predictions
 
     os.makedirs(args.output, exist_ok=True)
     setup_logger(args.output, name="detectron2")
@@ -169,8 +126,9 @@ def main(argv=None) -> int:
     print(format_aitod_table(metrics), flush=True)
 
     print("[demo] 5/5 pictures and curves", flush=True)
-    pictures = draw_predictions(cfg, trainer.eval_model, val_name, os.path.join(args.output, "predictions"),
-                                args.num_vis, args.vis_score)
+    predictor = Predictor.from_cfg(cfg, model=trainer.eval_model)
+    pictures = draw_dataset_predictions(predictor, val_name, os.path.join(args.output, "predictions"), args.num_vis,
+                                        args.vis_score)
     curve = plot_curves(os.path.join(args.output, "metrics.json"), os.path.join(args.output, "curves.png"),
                         untrained_ap)
     wall = time.perf_counter() - start

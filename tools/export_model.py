@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a SARL detector with its box decoding inside, and check the export against the eager model.
 
-    python tools/export_model.py --config-file configs/sarl_yolox_aitod.yaml --output output/export \
+    python tools/export_model.py --config-file configs/aitod/sarl_yolox_aitod.yaml --output output/export \
         MODEL.WEIGHTS output/model_final.pth
 
 The exported graph maps ``images`` [B, 3, S, S] (float, raw pixels in ``INPUT.FORMAT``, S = ``INPUT.YOLO.IMG_SIZE``
@@ -30,83 +30,16 @@ command exits 1 when a difference exceeds ``--atol``.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import warnings
-from typing import Dict, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SARL"))
+import torch
+from detectron2.utils.logger import setup_logger
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-logger = logging.getLogger("sarl.export")
-
-
-class DecodedDetector(nn.Module):
-    """images [B, 3, H, W] (H, W multiples of the size divisibility) -> (boxes [B, A, 4], scores [B, A, K])."""
-
-    def __init__(self, detector: nn.Module):
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        d = self.detector
-        x = (images - d.pixel_mean) / d.pixel_std
-        features = d.backbone(x)
-        outputs = d.head([features[f] for f in d.head_in_features])
-        return d.head.decode(outputs)
-
-
-def export_torchscript(detector: nn.Module, size: int, batch: int = 1) -> torch.jit.ScriptModule:
-    wrapper = DecodedDetector(detector).eval()
-    example = torch.rand(batch, 3, size, size) * 255
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trace's deprecation and "converting a tensor to a Python int" notes
-        return torch.jit.trace(wrapper, example, check_trace=False)
-
-
-def export_program(detector: nn.Module, size: int, max_batch: int = 64) -> "torch.export.ExportedProgram":
-    """``torch.export`` of :class:`DecodedDetector` for ``[B, 3, size, size]`` inputs, B dynamic in 1..max_batch."""
-    wrapper = DecodedDetector(detector).eval()
-    example = torch.rand(2, 3, size, size) * 255
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with torch.no_grad():
-        return torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
-
-
-@torch.no_grad()
-def compare_with_eager(detector: nn.Module, exported, size: int, seed: int = 0, batch: int = 2) -> Dict[str, float]:
-    """Max absolute differences of boxes and scores on random images, and of the final detections
-    (the eager ``YOLODetector`` forward vs NMS over the exported outputs)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, 3, size, size, generator=generator) * 255
-    eager_boxes, eager_scores = DecodedDetector(detector).eval()(images)
-    boxes, scores = exported(images)
-    diffs = {"boxes": (boxes - eager_boxes).abs().max().item(), "scores": (scores - eager_scores).abs().max().item()}
-    # End to end: the detector's own inference on the same pixels vs NMS on the exported outputs.
-    results = detector([{"image": img} for img in images])
-    for i, result in enumerate(results):
-        expected = result["instances"]
-        got = detector.select_detections(boxes[i].float(), scores[i].float(), (size, size))
-        n = min(len(expected), len(got))
-        if len(expected) != len(got):
-            diffs["detections_count"] = max(diffs.get("detections_count", 0.0), float(abs(len(expected) - len(got))))
-        if n:
-            diffs["detections"] = max(diffs.get("detections", 0.0), (expected.pred_boxes.tensor[:n] -
-                                                                     got.pred_boxes.tensor[:n]).abs().max().item())
-    return diffs
-
-
-def try_export_onnx(wrapper: nn.Module, size: int, path: str) -> str:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return "ONNX export skipped: the 'onnx' package is not installed (pip install onnx onnxscript)"
-    example = torch.rand(1, 3, size, size) * 255
-    torch.onnx.export(wrapper.eval(), (example,), path, input_names=["images"], output_names=["boxes", "scores"])
-    return f"ONNX model written to {path}"
+from sarl.config import UserError, load_config
+from sarl.inference import build_inference_model
+from sarl.inference.export import (DecodedDetector, compare_with_eager, export_program, export_torchscript,
+                                   try_export_onnx, within_tolerance)
 
 
 def main(argv=None) -> int:
@@ -119,13 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference to the eager model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    from detectron2.utils.logger import setup_logger
-
     setup_logger(name="sarl")
-    from train_net import UserError, load_config
-
-    from sarl.engine import YOLOTrainer, load_inference_weights
-
     try:
         cfg = load_config(args.config_file, args.opts)
     except UserError as e:
@@ -139,16 +66,13 @@ def main(argv=None) -> int:
         print(f"error: --size {size} is not a multiple of MODEL.YOLO.SIZE_DIVISIBILITY "
               f"({cfg.MODEL.YOLO.SIZE_DIVISIBILITY})", file=sys.stderr)
         return 2
-    model = YOLOTrainer.build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        load_inference_weights(model, cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = build_inference_model(cfg)
     os.makedirs(args.output, exist_ok=True)
     status = 0
 
     def check(kind: str, path: str, loaded) -> int:
         diffs = compare_with_eager(model, loaded, size)
-        ok = diffs["boxes"] <= args.atol * size and diffs["scores"] <= args.atol and "detections_count" not in diffs
+        ok = within_tolerance(diffs, size, args.atol)
         print(f"{kind} model written to {path}; max |difference| to eager: {diffs} -> {'OK' if ok else 'MISMATCH'}")
         return 0 if ok else 1
 

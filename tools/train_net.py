@@ -18,22 +18,14 @@ import sys
 from typing import Any
 
 import torch
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SARL"))
-
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from sarl.config import add_sarl_config  # noqa: E402
+from sarl.config import UserError, load_config
 
 logger = logging.getLogger("sarl.train_net")
-
-
-class UserError(Exception):
-    """An error in the user's input (config, dataset): reported as one line, exit status 2."""
 
 
 def setup(args) -> Any:
@@ -46,37 +38,6 @@ def setup(args) -> Any:
         # OpenMP threads slow every step down by an order of magnitude).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     return cfg
-
-
-def load_config(config_file: str, opts) -> Any:
-    """Build the frozen config, turning yacs' errors into :class:`UserError` naming the key or the file."""
-    cfg = get_cfg()
-    add_sarl_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise UserError(f"config file {config_file} does not exist")
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as e:
-            raise UserError(f"{config_file}: {_key_error_text(e)}") from None
-    try:
-        cfg.merge_from_list(list(opts or []))
-    except KeyError as e:
-        raise UserError(f"command-line override: {_key_error_text(e)}") from None
-    except AssertionError as e:  # odd number of KEY VALUE tokens
-        raise UserError(f"command-line overrides: {e}") from None
-    except ValueError as e:  # wrong type for a key
-        raise UserError(f"command-line override: {e}") from None
-    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning("MODEL.DEVICE is cuda but no GPU is available: using the CPU")
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
-
-
-def _key_error_text(e: KeyError) -> str:
-    text = str(e.args[0]) if e.args else str(e)
-    return text if "config key" in text else f"non-existent config key {text}"
 
 
 def check_datasets(cfg, eval_only: bool) -> None:

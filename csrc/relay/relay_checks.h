@@ -1,5 +1,6 @@
 // Argument checks of the relay ops, shared by the CPU and CUDA entry points (host code only).
-// Every message names the op and the argument, so a wrong call is fixed from the error alone.
+// Every message names the op and the argument, so a wrong call is fixed from the error alone
+// (relay_gate_backward checks the forward's arguments with the forward's messages).
 #pragma once
 
 #include <ATen/ATen.h>

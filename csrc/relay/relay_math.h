@@ -1,5 +1,6 @@
 // Per-element math of the two SARL relay ops, written once and shared by the CPU loops
-// (relay_cpu.cpp) and the CUDA kernels (relay_cuda.cu), so the CPU tests also cover the GPU math.
+// (relay_pool_cpu.cpp, relay_gate_cpu.cpp) and the CUDA kernels (relay_pool_cuda.cu,
+// relay_gate_cuda.cu), so the CPU tests also cover the GPU math.
 //
 //   relay_pool(g)  : spatial = (mean_C g, max_C g), channel = (avg_HW g, max_HW g)
 //   relay_gate(...) : out = x * (1 + sigmoid(c) * sigmoid(s)) + nearest_up(relay)

@@ -21,8 +21,10 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-#include "sal/sal_common.h"
+#include "common/ceil_div.h"
+#include "sal/sal_checks.h"
 #include "sal/sal_math.h"
+#include "sal/sal_tensors.h"
 
 namespace sarl {
 namespace sal {
@@ -32,7 +34,7 @@ constexpr int64_t kChunk = 4096;  // boxes per chunk: big enough to amortise, sm
 constexpr int kBlock = 64;        // boxes per struct-of-arrays block (fits in L1 with room to spare)
 static_assert(kChunk % kBlock == 0, "chunks are whole blocks");
 
-inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+inline int64_t num_chunks(int64_t n) { return ceil_div(n, kChunk); }
 
 // Per-group [lo, hi] of target areas (G = 1 for "batch" and "fixed", number of images for "image").
 template <typename T>
@@ -252,17 +254,15 @@ void dispatch_loss(LossType type, BoxFormat fmt, bool grad, F&& f) {
 at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
                            c10::string_view box_format, c10::string_view normalize, double beta,
                            double area_lo, double area_hi) {
-  const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
-  const BoxFormat fmt = parse_box_format(box_format);
-  const at::Tensor target = target_in.contiguous();
-  at::Tensor bidx_t;
-  if (norm == Normalize::kImage) bidx_t = batch_index->contiguous();
-  const int64_t n = target.size(0);
-  at::Tensor out = at::empty({n}, target.options());
-  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "sal_weights_cpu", [&] {
-    const scalar_t* tgt = target.data_ptr<scalar_t>();
-    const int64_t* bidx = bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr;
-    scalar_t* w = out.data_ptr<scalar_t>();
+  const WeightOptions options = check_weights_call(target_in, batch_index, box_format, normalize, area_lo, area_hi);
+  const BoxFormat fmt = options.box_format;
+  const Normalize norm = options.normalize;
+  const WeightTensors tensors = weight_tensors(target_in, batch_index, options);
+  const int64_t n = tensors.target.size(0);
+  AT_DISPATCH_FLOATING_TYPES(tensors.target.scalar_type(), "sal_weights_cpu", [&] {
+    const scalar_t* tgt = tensors.target.data_ptr<scalar_t>();
+    const int64_t* bidx = tensors.batch_index.defined() ? tensors.batch_index.data_ptr<int64_t>() : nullptr;
+    scalar_t* w = tensors.weights.data_ptr<scalar_t>();
     std::vector<int64_t> bad(num_chunks(n), -1);
     at::parallel_for(0, num_chunks(n), 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c) {
@@ -279,7 +279,7 @@ at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::
       for (int64_t i = ib; i < ie; ++i) w[i] = box_weight(tgt + 4 * i, i, fmt, norm, bidx, r, b);
     });
   });
-  return out;
+  return tensors.weights;
 }
 
 std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
@@ -287,33 +287,28 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
     const c10::optional<at::Tensor>& weight, c10::string_view box_format, c10::string_view loss_type,
     c10::string_view normalize, double beta, double area_lo, double area_hi, c10::string_view reduction,
     double eps, bool compute_grad) {
-  check_boxes(pred_in, "pred");
-  const Normalize norm = check_weight_args(target_in, batch_index, normalize, area_lo, area_hi);
-  check_loss_args(pred_in, target_in, weight);
-  const BoxFormat fmt = parse_box_format(box_format);
-  const LossType type = parse_loss_type(loss_type);
-  const Reduction red = parse_reduction(reduction);
+  const LossOptions options = check_loss_call(pred_in, target_in, batch_index, weight, box_format, loss_type,
+                                              normalize, area_lo, area_hi, reduction);
+  const BoxFormat fmt = options.box_format;
+  const LossType type = options.loss_type;
+  const Normalize norm = options.normalize;
+  const Reduction red = options.reduction;
   const int64_t n = pred_in.size(0);
-  const at::Tensor pred = pred_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight_t = weight.has_value() ? weight->contiguous() : at::Tensor();
-  const at::Tensor bidx_t = norm == Normalize::kImage ? batch_index->contiguous() : at::Tensor();
+  const LossTensors tensors = loss_tensors(pred_in, target_in, batch_index, weight, options, compute_grad);
+  const at::Tensor& loss = tensors.loss;
 
-  at::Tensor loss = red == Reduction::kNone ? at::empty({n}, pred.options()) : at::empty({}, pred.options());
-  at::Tensor grad = at::empty({compute_grad ? n : 0, 4}, pred.options());
-
-  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "sal_loss_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(tensors.pred.scalar_type(), "sal_loss_cpu", [&] {
     using acc_t = double;
-    const scalar_t* p = pred.data_ptr<scalar_t>();
-    const scalar_t* t = target.data_ptr<scalar_t>();
-    const scalar_t* wt = weight_t.defined() ? weight_t.data_ptr<scalar_t>() : nullptr;
-    const int64_t* bidx = bidx_t.defined() ? bidx_t.data_ptr<int64_t>() : nullptr;
-    scalar_t* g = compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* p = tensors.pred.data_ptr<scalar_t>();
+    const scalar_t* t = tensors.target.data_ptr<scalar_t>();
+    const scalar_t* wt = tensors.weight.defined() ? tensors.weight.data_ptr<scalar_t>() : nullptr;
+    const int64_t* bidx = tensors.batch_index.defined() ? tensors.batch_index.data_ptr<int64_t>() : nullptr;
+    scalar_t* g = compute_grad ? tensors.grad.data_ptr<scalar_t>() : nullptr;
     scalar_t* out = red == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
     const Ranges<scalar_t> r = area_ranges(t, n, fmt, norm, bidx, area_lo, area_hi);
     const scalar_t b = static_cast<scalar_t>(beta);
     const scalar_t e = static_cast<scalar_t>(eps);
-    const scalar_t grad_scale = red == Reduction::kMean && n > 0 ? scalar_t(1) / static_cast<scalar_t>(n) : scalar_t(1);
+    const scalar_t grad_scale = options.loss_scale<scalar_t>(n);
 
     const LossArgs<scalar_t> args{p, t, wt, bidx, norm, &r, b, e, grad_scale, g, out};
     const int64_t nc = num_chunks(n);
@@ -335,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
       loss.fill_(static_cast<scalar_t>(total));
     }
   });
-  return {loss, grad};
+  return {tensors.loss, tensors.grad};
 }
 
 }  // namespace

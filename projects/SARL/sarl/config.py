@@ -10,11 +10,11 @@ Sections (each one owned by the module that reads it):
     MODEL.SAL          scale-adaptive loss sarl/modeling/losses.py
     INPUT.YOLO         mapper/augmentation sarl/data/mapper.py
     SOLVER.YOLO/EMA    schedule, EMA       sarl/engine/
-    TEST.AITOD         evaluator           sarl/evaluation/aitod_evaluator.py
+    TEST.AITOD         evaluator           sarl/evaluation/evaluator.py
 """
-import math
-
 from detectron2.config import CfgNode as CN
+
+from sarl.ops import PAPER_SAL_BETA
 
 
 def add_sarl_config(cfg: CN) -> CN:
@@ -38,7 +38,8 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER = 0.33
     cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER = 0.5
     cfg.MODEL.CSPDARKNET.OUT_FEATURES = ["dark3", "dark4", "dark5"]
-    cfg.MODEL.CSPDARKNET.NORM = "BN"  # "BN" or "SyncBN"
+    # "BN", or "SyncBN" (multi-GPU training): the norm of the whole model, backbone, relay, neck and YOLOX head.
+    cfg.MODEL.CSPDARKNET.NORM = "BN"
     cfg.MODEL.CSPDARKNET.DEPTHWISE = False
 
 
@@ -112,7 +113,7 @@ def _add_head_config(cfg: CN) -> None:
 def _add_loss_config(cfg: CN) -> None:
     cfg.MODEL.SAL = CN()
     cfg.MODEL.SAL.ENABLED = True  # False: plain IoU loss (baseline)
-    cfg.MODEL.SAL.BETA = 2.0 / math.log(2.0)  # paper's best (Table VII)
+    cfg.MODEL.SAL.BETA = PAPER_SAL_BETA  # 2 / ln 2, the paper's best (Table VII)
     cfg.MODEL.SAL.LOSS_TYPE = "iou2"  # 1 - IoU^2 (paper, YOLOX); iou, giou, diou, ciou
     cfg.MODEL.SAL.NORMALIZE = "batch"  # batch | image | fixed | none
     cfg.MODEL.SAL.AREA_RANGE = [0.0, 1024.0]  # for NORMALIZE "fixed"
@@ -163,8 +164,10 @@ def _add_solver_config(cfg: CN) -> None:
     # Iterations per epoch; 0 = len(dataset) // IMS_PER_BATCH. EPOCHS * ITERS_PER_EPOCH replaces
     # SOLVER.MAX_ITER (EPOCHS <= 0: SOLVER.MAX_ITER is kept and the epochs follow from it).
     cfg.SOLVER.YOLO.ITERS_PER_EPOCH = 0
-    # Convert every BatchNorm to SyncBatchNorm when training on several CUDA processes.
-    cfg.SOLVER.YOLO.SYNC_BN = False
+    # The one SyncBN switch is MODEL.CSPDARKNET.NORM; a file with the old key gets an error that names it.
+    if not cfg.key_is_renamed("SOLVER.YOLO.SYNC_BN"):
+        cfg.register_renamed_key("SOLVER.YOLO.SYNC_BN", "MODEL.CSPDARKNET.NORM",
+                                 message='set MODEL.CSPDARKNET.NORM: "SyncBN"')
     # Optimizer recipe (sarl/engine): "yolox" = BASE_LR_PER_IMAGE x batch, warmup + cosine, a step per batch;
     # "yolov5" = YOLOv5 v7.0 train.py: lr0 SOLVER.BASE_LR, gradient accumulation to the nominal batch, linear lf.
     cfg.SOLVER.YOLO.RECIPE = "yolox"
@@ -199,3 +202,50 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLICED.SLICE_SIZE = 0  # 0: INPUT.YOLO.IMG_SIZE
     cfg.TEST.SLICED.OVERLAP = 0.2  # fraction of SLICE_SIZE shared by neighbouring tiles
     cfg.TEST.SLICED.BATCH_SIZE = 4  # tiles per model call
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading a config file for the tools (train_net, predict, export, demo) and the Python API (sarl.inference)
+# ----------------------------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """An error in the user's input (config, dataset): the tools report it as one line, exit status 2."""
+
+
+def load_config(config_file: str, opts=None) -> CN:
+    """The frozen config of ``config_file`` (empty: the defaults) with the ``KEY VALUE`` overrides ``opts``.
+
+    yacs' errors become :class:`UserError` naming the key or the file; ``MODEL.DEVICE cuda`` without a GPU
+    falls back to the CPU with a warning.
+    """
+    import logging
+    import os
+
+    import torch
+    from detectron2.config import get_cfg
+
+    cfg = add_sarl_config(get_cfg())
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise UserError(f"config file {config_file} does not exist")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise UserError(f"{config_file}: {_key_error_text(e)}") from None
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except KeyError as e:
+        raise UserError(f"command-line override: {_key_error_text(e)}") from None
+    except AssertionError as e:  # odd number of KEY VALUE tokens
+        raise UserError(f"command-line overrides: {e}") from None
+    except ValueError as e:  # wrong type for a key
+        raise UserError(f"command-line override: {e}") from None
+    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("MODEL.DEVICE is cuda but no GPU is available: using the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def _key_error_text(e: KeyError) -> str:
+    text = str(e.args[0]) if e.args else str(e)
+    return text if "config key" in text else f"non-existent config key {text}"

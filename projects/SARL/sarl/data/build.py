@@ -37,7 +37,7 @@ def build_yolo_train_loader(
             ``with_positions`` set (``sarl.data.samplers``) yields stream keys: the records are then wrapped in
             :class:`~sarl.data.samplers.StreamRecords` and every sample's augmentation is seeded by its position.
     Batches: lists of ``cfg.SOLVER.IMS_PER_BATCH / world_size`` mapped dicts. The mapper is kept as
-    ``loader.yolo_mapper`` so the no-aug hook can call ``loader.yolo_mapper.set_augmentation(False)``.
+    ``loader.yolo_mapper`` (its settings and ``num_unreadable`` count can be read from the loader).
     """
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)

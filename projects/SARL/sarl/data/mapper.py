@@ -16,12 +16,9 @@ Test pipeline: letterbox only; with ``native_test`` (``TEST.SLICED.ENABLED``) im
 passed whole at native resolution, marked ``"sliced": True``, for the sliced predictor
 (``sarl.inference.SlicedDetector``) to tile; smaller ones are letterboxed as in training.
 
-``set_augmentation(False)`` (the YOLOX "no-aug" last epochs) switches off mosaic, mixup and the random affine;
-HSV and flip stay on, as in YOLOX. The flag lives in a ``multiprocessing.Value`` created with the mapper, so the
-DataLoader workers (forked or spawned from the process that built the loader) see the change on their next sample.
-What the trainer must do: keep the mapper it gave to ``build_yolo_train_loader`` (or read ``loader.yolo_mapper``)
-and call ``mapper.set_augmentation(False)`` at the no-aug epoch; batches already prefetched by the workers
-(``num_workers * prefetch_factor``) still carry the old augmentation.
+``augment=False`` (the YOLOX "no-aug" last epochs) builds a training mapper without mosaic, mixup and the random
+affine; HSV and flip stay on, as in YOLOX. The trainer enters that phase by replacing its training loader with one
+built around such a mapper (``YOLOTrainer.build_train_loader(..., augment=False)``), continuing the same data stream.
 
 Randomness: a record carrying ``"sample_seed"`` (the trainer's loader adds it: ``sarl.data.samplers``) is augmented
 from a generator seeded with it alone, so the same sample of the stream gets the same augmentation whatever the
@@ -43,38 +40,14 @@ import numpy as np
 import torch
 
 from detectron2.data.common import DatasetFromList
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 
 from . import transforms as T
+from .annotations import annotation_arrays, ignore_regions
 
 logger = logging.getLogger(__name__)
 
 _MAX_CONSECUTIVE_UNREADABLE = 20
-
-
-def annotations_to_arrays(record: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """Training targets of one dataset dict: ([N, 4] XYXY float64, [N] int64).
-
-    Crowd / ``ignore`` annotations are not targets (a YOLO head has no ignore label); ``difficult`` ones are.
-    """
-    kept = [a for a in record.get("annotations", []) if not (a.get("iscrowd", 0) or a.get("ignore", 0))]
-    if not kept:
-        return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.int64)
-    modes = {a.get("bbox_mode", BoxMode.XYWH_ABS) for a in kept}
-    try:
-        raw = np.array([a["bbox"] for a in kept], dtype=np.float64).reshape(len(kept), 4)
-    except (ValueError, TypeError):
-        raise ValueError(f"{record.get('file_name')}: an annotation bbox is not 4 numbers") from None
-    if modes == {BoxMode.XYWH_ABS}:  # the common case, vectorised (BoxMode.convert is per-box slow)
-        boxes = np.concatenate([raw[:, :2], raw[:, :2] + raw[:, 2:]], axis=1)
-    else:
-        boxes = np.array([BoxMode.convert(list(b), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS)
-                          for b, a in zip(raw, kept)], dtype=np.float64).reshape(-1, 4)
-    if not np.isfinite(boxes).all():
-        bad = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
-        raise ValueError(f"{record.get('file_name')}: annotation {bad} (after crowd removal) has a non-finite bbox")
-    classes = np.array([int(a["category_id"]) for a in kept], dtype=np.int64)
-    return boxes, classes
 
 
 class YOLOMapper:
@@ -88,10 +61,12 @@ class YOLOMapper:
         height, width: size of the ORIGINAL image (detectron2's ``detector_postprocess`` maps outputs back to it).
         letterbox: ``(scale, pad_x, pad_y)``: an original point (x, y) is at (x * scale + pad_x, y * scale + pad_y)
             in ``image``; ``(1.0, 0.0, 0.0)`` for mosaic samples, whose frame is not that of one original image.
+
+    ``augment=False`` leaves mosaic, mixup and the random affine out of training (the no-aug phase).
     """
 
     def __init__(self, cfg, is_train: bool, dataset_dicts: Optional[List[Dict[str, Any]]] = None,
-                 native_test: Optional[bool] = None):
+                 native_test: Optional[bool] = None, augment: bool = True):
         yolo = cfg.INPUT.YOLO
         self.is_train = is_train
         self.img_size = int(yolo.IMG_SIZE)
@@ -109,14 +84,14 @@ class YOLOMapper:
         self.translate = float(yolo.TRANSLATE)
         self.shear = float(yolo.SHEAR)
         self.min_box_size = float(yolo.MIN_BOX_SIZE)
-        self.min_visible = float(yolo.get("MIN_VISIBLE_FRACTION", 0.1))
-        self.mask_ignore_regions = bool(yolo.get("MASK_IGNORE_REGIONS", True))
+        self.min_visible = float(yolo.MIN_VISIBLE_FRACTION)
+        self.mask_ignore_regions = bool(yolo.MASK_IGNORE_REGIONS)
         self.native_crop = bool(yolo.NATIVE_CROP)
         self.crop_object_prob = float(yolo.CROP_OBJECT_PROB)
         if not 0.0 <= self.crop_object_prob <= 1.0:
             raise ValueError(f"cfg.INPUT.YOLO.CROP_OBJECT_PROB must be in [0, 1], got {self.crop_object_prob}")
         self.native_test = bool(cfg.TEST.SLICED.ENABLED) if native_test is None else bool(native_test)
-        seed = int(yolo.get("SEED", -1))
+        seed = int(yolo.SEED)
         self.seed: Optional[int] = None if seed < 0 else seed
         if self.img_size <= 0 or self.img_size % 2:
             raise ValueError(f"cfg.INPUT.YOLO.IMG_SIZE must be a positive even number, got {self.img_size}")
@@ -128,25 +103,16 @@ class YOLOMapper:
         # Serialized (one byte buffer, as detectron2's loaders do): forked workers share it without
         # copy-on-access growth, and each draw returns a fresh dict.
         self.dataset_dicts = DatasetFromList(list(dataset_dicts), copy=False, serialize=True) if dataset_dicts else []
-        # Shared with DataLoader workers (inherited at fork/spawn): the no-aug switch reaches them.
-        self._augment = multiprocessing.Value("b", 1, lock=False)
+        # Mosaic, mixup and the random affine (training); False for the no-aug phase.
+        self.augment = bool(augment)
         # Unreadable images skipped, counted over the main process and all its workers.
         self._unreadable = multiprocessing.Value("i", 0)
         self._rng: Optional[np.random.Generator] = None
         self._rng_owner: Optional[Tuple[int, int]] = None
 
     # ------------------------------------------------------------------------------------------------------------
-    # Public switches
+    # Counters
     # ------------------------------------------------------------------------------------------------------------
-    def set_augmentation(self, enabled: bool) -> None:
-        """Switch mosaic, mixup and the random affine on/off (all worker processes see it)."""
-        self._augment.value = 1 if enabled else 0
-        logger.info(f"YOLOMapper: strong augmentation (mosaic/mixup/affine) {'on' if enabled else 'off'}")
-
-    @property
-    def augmentation_enabled(self) -> bool:
-        return bool(self._augment.value)
-
     @property
     def num_unreadable(self) -> int:
         """Images skipped because they could not be decoded (all processes sharing this mapper)."""
@@ -191,12 +157,14 @@ class YOLOMapper:
             logger.warning(f"YOLOMapper: cannot read image {file_name}; skipped, another sample is used "
                            f"({self.num_unreadable} unreadable so far)")
             return None
-        boxes, classes = annotations_to_arrays(record)
-        regions = record.get("ignore_regions")
-        if self.is_train and self.mask_ignore_regions and regions is not None and len(regions):
+        # Targets: the object instances; crowd / ``ignore`` boxes are left out (a YOLO head has no ignore label).
+        targets = annotation_arrays(record).without_crowd()
+        boxes, classes = targets.boxes_xyxy, targets.classes
+        regions = ignore_regions(record) if self.is_train and self.mask_ignore_regions else np.zeros((0, 4))
+        if len(regions):
             image = image.copy()
             height, width = image.shape[:2]
-            for x1, y1, x2, y2 in np.asarray(regions, dtype=np.float64).reshape(-1, 4):
+            for x1, y1, x2, y2 in regions:
                 # Clamped to the image: a negative end must not become a Python "from the end" index.
                 c1, r1 = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.floor(y1), 0, height))
                 c2, r2 = int(np.clip(np.ceil(x2), 0, width)), int(np.clip(np.ceil(y2), 0, height))
@@ -256,7 +224,7 @@ class YOLOMapper:
                    rng: np.random.Generator):
         image, boxes, classes = self._crop(loaded, rng)
         size = self.img_size
-        strong = self.augmentation_enabled
+        strong = self.augment
         if strong and rng.uniform() < self.mosaic_prob:
             partners = [self._crop(self._read_random(rng)[1], rng) for _ in range(3)]
             images = [image] + [p[0] for p in partners]

@@ -1,89 +1,26 @@
-"""Training hooks of the YOLO schedule: weight EMA, the no-augmentation phase, gradient clipping.
+"""Training hooks of the YOLO recipes: weight EMA, the no-augmentation phase, AutoAnchor.
 
-- :class:`ModelEMA` keeps an exponential moving average of a model's parameters and buffers,
-  with YOLOX's ramp ``decay * (1 - exp(-updates / ramp))`` so that early (noisy) weights fade fast.
-  The averaged copy is the model that is evaluated and exported; its state (weights and update
-  count) is a checkpointable, saved as ``checkpoint["ema"]``.
-- :class:`EMAHook` updates the EMA after every optimizer step.
+- :class:`EMAHook` updates a :class:`~sarl.engine.ema.ModelEMA` after every iteration (YOLOX);
+  :class:`OptimizerStepEMAHook` only after iterations that stepped the optimizer (YOLOv5, with accumulation).
 - :class:`NoAugHook` switches mosaic/mixup off and the L1 loss on for the last ``NO_AUG_EPOCHS``
   epochs (YOLOX); its state is saved in the trainer's checkpoint and re-applied on ``--resume``.
+- :class:`AutoAnchorHook` fits the anchors of a YOLOv5 head to the training boxes before a fresh training.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-import torch
 import torch.nn as nn
 from detectron2.engine.train_loop import HookBase
 
+from ..modeling.autoanchor import check_anchors
+from .distributed import unwrap_model
+from .ema import ModelEMA
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelEMA", "EMAHook", "NoAugHook", "unwrap_model"]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-class ModelEMA:
-    """Exponential moving average of a model's state (parameters and floating-point buffers).
-
-    ``ema = d * ema + (1 - d) * model`` after each update, with ``d = decay * (1 - exp(-updates / ramp))``.
-    Integer buffers (BN's ``num_batches_tracked``) are copied. The averaged model ``self.module`` is a
-    deep copy kept in eval mode, without gradients, on the same device as the model.
-
-    Args:
-        model: the model being trained (a DDP wrapper is unwrapped).
-        decay: the asymptotic decay (YOLOX: 0.9998).
-        ramp: the ramp constant in updates (YOLOX: 2000).
-        updates: the number of updates already done (when resuming).
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9998, ramp: float = 2000.0, updates: int = 0):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"SOLVER.EMA.DECAY must be in [0, 1), got {decay}")
-        if not ramp > 0:
-            raise ValueError(f"SOLVER.EMA.RAMP must be > 0, got {ramp}")
-        self.module = copy.deepcopy(unwrap_model(model)).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay_base = float(decay)
-        self.ramp = float(ramp)
-        self.updates = int(updates)
-
-    def decay(self, updates: Optional[int] = None) -> float:
-        """The decay used for update number ``updates`` (default: the current count)."""
-        n = self.updates if updates is None else updates
-        return self.decay_base * (1.0 - math.exp(-n / self.ramp))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the current weights of ``model`` into the average (call after the optimizer step)."""
-        self.updates += 1
-        d = self.decay()
-        model_state = unwrap_model(model).state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = model_state[name].detach()
-            if ema_value.dtype.is_floating_point:
-                ema_value.mul_(d).add_(value.to(ema_value.dtype), alpha=1.0 - d)
-            else:
-                ema_value.copy_(value)
-
-    # -- checkpointable interface (detectron2 Checkpointer) --
-    def state_dict(self) -> Dict[str, Any]:
-        return {"updates": self.updates, "decay": self.decay_base, "ramp": self.ramp,
-                "state": self.module.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        missing = {"updates", "state"} - set(state)
-        if missing:
-            raise KeyError(f"EMA checkpoint state lacks {sorted(missing)}")
-        self.module.load_state_dict(state["state"])
-        self.updates = int(state["updates"])
+__all__ = ["AutoAnchorHook", "EMAHook", "NoAugHook", "OptimizerStepEMAHook"]
 
 
 class EMAHook(HookBase):
@@ -98,11 +35,21 @@ class EMAHook(HookBase):
         self.trainer.storage.put_scalar("ema_decay", self.ema.decay(), smoothing_hint=False)
 
 
+class OptimizerStepEMAHook(EMAHook):
+    """:class:`EMAHook` that updates only after iterations that stepped the optimizer (yolov5 recipe: with
+    accumulation the weights change once per ``accumulate`` iterations, and the EMA ramp counts updates).
+    The step runner (``trainer._trainer``, a :class:`~sarl.engine.step.YOLOStepRunner`) tells it by ``stepped``."""
+
+    def after_step(self) -> None:
+        if getattr(self.trainer._trainer, "stepped", True):
+            super().after_step()
+
+
 class NoAugHook(HookBase):
     """Turn augmentation off and the L1 loss on from iteration ``start_iter`` on (YOLOX's last epochs).
 
-    Switching is delegated to ``switch_fn()`` (the trainer's: it disables mosaic/mixup in the mapper,
-    rebuilds the training loader so DataLoader workers see the change, and sets ``head.use_l1``).
+    Switching is delegated to ``switch_fn()`` (the trainer's: it sets ``head.use_l1`` and replaces the training
+    loader by one whose mapper has mosaic, mixup and the random affine off, continuing the same data stream).
     The state ``{"active": bool}`` goes into the trainer's checkpoint; a resumed run whose checkpoint
     has it active switches again before its first step, so the phase survives restarts.
 
@@ -138,3 +85,33 @@ class NoAugHook(HookBase):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.active = bool(state.get("active", False))
+
+
+class AutoAnchorHook(HookBase):
+    """YOLOv5's AutoAnchor before a fresh training (``trainer.start_iter == 0``): when the head's anchors recall too
+    few training boxes, refit them (``sarl.modeling.autoanchor.check_anchors``). The anchors are a buffer of the
+    head, saved in checkpoints, so a resumed run keeps the fitted ones and is not refitted.
+
+    Args:
+        head: a module with an ``anchors`` buffer [num_levels, num_anchors, 2] (input pixels), e.g. ``YOLOv5Head``.
+        dataset_dicts: the training records.
+        img_size: the training input size (``INPUT.YOLO.IMG_SIZE``).
+        generations: evolution generations after k-means (``MODEL.YOLOV5.AUTOANCHOR_GENERATIONS``).
+        ema: the trainer's EMA, if any: at iteration 0 it is a copy of the model, so it gets the new anchors too.
+    """
+
+    def __init__(self, head: nn.Module, dataset_dicts: List[Dict[str, Any]], img_size: int, generations: int,
+                 ema: Optional[ModelEMA] = None):
+        self.head = head
+        self.dataset_dicts = dataset_dicts
+        self.img_size = int(img_size)
+        self.generations = int(generations)
+        self.ema = ema
+
+    def before_train(self) -> None:
+        if self.trainer.start_iter > 0:  # resumed: the checkpoint holds the anchors it trained with
+            return
+        result = check_anchors(self.head, self.dataset_dicts, self.img_size, gen=self.generations)
+        logger.info(f"AutoAnchor: best possible recall {result['bpr_before']:.4f} -> {result['bpr_after']:.4f}")
+        if result["replaced"] and self.ema is not None:
+            self.ema.module.load_state_dict(unwrap_model(self.trainer.model).state_dict())

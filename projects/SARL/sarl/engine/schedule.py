@@ -1,6 +1,10 @@
-"""The YOLOX learning-rate schedule ("yoloxwarmcos") and the optimizer's parameter groups.
+"""The YOLO schedule: epochs -> iterations (:class:`EpochPlan`, :func:`plan_epochs`) and the YOLOX
+learning-rate schedule ("yoloxwarmcos").
 
-Schedule over iterations ``t`` of ``T`` in total, ``W`` warmup and ``N`` no-aug iterations::
+An epoch is ``SOLVER.YOLO.ITERS_PER_EPOCH`` iterations (0: ``len(train set) // IMS_PER_BATCH``); ``SOLVER.YOLO.EPOCHS``
+epochs give ``max_iter`` (it replaces ``SOLVER.MAX_ITER``; ``EPOCHS <= 0`` keeps ``SOLVER.MAX_ITER``).
+
+The learning rate over iterations ``t`` of ``T`` in total, ``W`` warmup and ``N`` no-aug iterations::
 
     t <  W         lr = base * (t / W) ** 2                                   (quadratic warmup from 0)
     W <= t < T-N   lr = min + (base - min) * (1 + cos(pi * (t - W) / (T - W - N))) / 2
@@ -13,15 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Optional
 
-import torch
-import torch.nn as nn
+from detectron2.data import get_detection_dataset_dicts
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["EpochPlan", "YOLOXWarmCosineMultiplier", "yolo_param_groups", "build_yolo_sgd", "build_yolo_optimizer"]
-
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+__all__ = ["EpochPlan", "YOLOXWarmCosineMultiplier", "plan_epochs", "train_dataset_dicts"]
 
 
 @dataclass(frozen=True)
@@ -96,42 +97,21 @@ class YOLOXWarmCosineMultiplier(ParamScheduler):
         return self.at_iter(round(where * self.max_iter, 6))
 
 
-def trainable_parameters(model: nn.Module) -> Iterator[Tuple[nn.Module, str, nn.Parameter]]:
-    """``(module, name, parameter)`` for every trainable parameter of ``model``, once (shared ones at their first
-    owner), so optimizer groups can be split by the owning module's type."""
-    seen = set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if param.requires_grad and id(param) not in seen:
-                seen.add(id(param))
-                yield module, name, param
+def train_dataset_dicts(cfg) -> List[Dict[str, Any]]:
+    """The training records, filtered as detectron2's loader does (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``)."""
+    return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
-def yolo_param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    """YOLOX's three-way split folded into two groups: decay on conv/linear weights only,
-    none on normalization parameters and biases (decaying BN scales hurts small models)."""
-    decay, no_decay = [], []
-    for module, name, param in trainable_parameters(model):
-        if isinstance(module, _NORM_TYPES) or name == "bias" or param.ndim <= 1:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def build_yolo_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = True
-                   ) -> torch.optim.SGD:
-    """SGD (nesterov) over :func:`yolo_param_groups`."""
-    return torch.optim.SGD(yolo_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
-
-
-def build_yolo_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float
-                         ) -> torch.optim.Optimizer:
-    """``SOLVER.YOLO.OPTIMIZER``: "sgd" (YOLOX: nesterov SGD) or "adamw" (what Ultralytics picks for short runs:
-    decoupled weight decay, betas ``(momentum, 0.999)``), both over :func:`yolo_param_groups`."""
-    if name == "sgd":
-        return build_yolo_sgd(model, lr, momentum, weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(yolo_param_groups(model, weight_decay), lr=lr, betas=(momentum, 0.999))
-    raise ValueError(f"SOLVER.YOLO.OPTIMIZER must be 'sgd' or 'adamw', got {name!r}")
+def plan_epochs(cfg, dataset_size: Optional[int] = None) -> EpochPlan:
+    """The :class:`EpochPlan` of ``cfg`` (``dataset_size`` is looked up when needed and not given)."""
+    y = cfg.SOLVER.YOLO
+    ipe = int(y.ITERS_PER_EPOCH)
+    if ipe <= 0:
+        size = len(train_dataset_dicts(cfg)) if dataset_size is None else dataset_size
+        ipe = size // cfg.SOLVER.IMS_PER_BATCH
+        if ipe < 1:
+            raise ValueError(f"training set of {size} images is smaller than SOLVER.IMS_PER_BATCH "
+                             f"({cfg.SOLVER.IMS_PER_BATCH}); lower it or set SOLVER.YOLO.ITERS_PER_EPOCH")
+    if y.EPOCHS > 0:
+        return EpochPlan.from_epochs(ipe, y.EPOCHS, y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)
+    return EpochPlan.from_iters(ipe, int(cfg.SOLVER.MAX_ITER), y.WARMUP_EPOCHS, y.NO_AUG_EPOCHS)

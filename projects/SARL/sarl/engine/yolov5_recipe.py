@@ -38,12 +38,14 @@ import torch
 import torch.nn as nn
 from detectron2.solver import LRScheduler
 
-from .schedule import _NORM_TYPES, trainable_parameters
+from .optimizer import NORM_TYPES, trainable_parameters
+from .schedule import EpochPlan, plan_epochs
 
 __all__ = [
     "YOLOv5Recipe",
     "YOLOv5Scheduler",
     "accumulate_steps",
+    "build_yolov5_recipe",
     "build_yolov5_sgd",
     "scaled_weight_decay",
     "yolov5_param_groups",
@@ -53,8 +55,8 @@ RECIPES = ("yolox", "yolov5")
 
 
 def recipe_name(cfg) -> str:
-    """``SOLVER.YOLO.RECIPE`` checked (configs written before the key existed mean "yolox")."""
-    name = str(cfg.SOLVER.YOLO.get("RECIPE", "yolox")).lower()
+    """``SOLVER.YOLO.RECIPE``, checked and lower-cased."""
+    name = str(cfg.SOLVER.YOLO.RECIPE).lower()
     if name not in RECIPES:
         raise ValueError(f"SOLVER.YOLO.RECIPE must be one of {RECIPES}, got {name!r}")
     return name
@@ -169,6 +171,15 @@ class YOLOv5Recipe:
         return max(1, round(_interp(ni, self.warmup_iters, 1.0, self.nominal_batch / self.total_batch)))
 
 
+def build_yolov5_recipe(cfg, plan: Optional[EpochPlan] = None) -> Optional[YOLOv5Recipe]:
+    """The :class:`YOLOv5Recipe` of ``cfg`` when it trains with it (``SOLVER.YOLO.ENABLED`` and
+    ``RECIPE == "yolov5"``), else None. ``plan`` is looked up when needed and not given."""
+    if not cfg.SOLVER.YOLO.ENABLED or recipe_name(cfg) != "yolov5":
+        return None
+    plan = plan or plan_epochs(cfg)
+    return YOLOv5Recipe.from_config(cfg, plan.iters_per_epoch, plan.epochs)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parameter groups and the optimizer
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +196,7 @@ def yolov5_param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str,
     for module, name, param in trainable_parameters(model):
         if name == "bias":
             bias.append(param)
-        elif name == "weight" and isinstance(module, _NORM_TYPES):
+        elif name == "weight" and isinstance(module, NORM_TYPES):
             norm.append(param)
         else:
             decay.append(param)

@@ -7,8 +7,6 @@ once: class-wise NMS over all the detections of a whole image removes the duplic
 """
 from __future__ import annotations
 
-import itertools
-import logging
 from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -16,11 +14,11 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
+from detectron2.data import DatasetCatalog
 
-logger = logging.getLogger(__name__)
+from .evaluator import AITODEvaluator
+
+__all__ = ["patch_boxes_to_source", "merge_patch_predictions", "DOTAMergeEvaluator"]
 
 
 def patch_boxes_to_source(boxes_xyxy: np.ndarray, patch_record: Mapping[str, Any]) -> np.ndarray:
@@ -41,7 +39,7 @@ def merge_patch_predictions(
 
     Args:
         predictions: ``{"image_id" (patch id), "boxes" [N, 4] XYXY patch px, "scores" [N], "classes" [N]}`` each
-            (the form of ``sarl.evaluation.aitod_evaluator.instances_to_prediction``).
+            (the form of ``sarl.evaluation.arrays.instances_to_prediction``).
         patch_records: patch image id -> its dataset dict (needs ``source_image_id``, ``patch_x0``, ``patch_y0``,
             ``scale``, ``source_width``, ``source_height``).
         iou_threshold: class-wise NMS threshold on the whole image.
@@ -71,11 +69,12 @@ def merge_patch_predictions(
     return merged
 
 
-class DOTAMergeEvaluator(DatasetEvaluator):
+class DOTAMergeEvaluator(AITODEvaluator):
     """Evaluate a model run on DOTA *patches* (e.g. ``dota_v2_val_1024``) on the *whole* images
-    (``dota_v2_val_1024_full``): patch detections are merged back with class-wise NMS, then scored with the AI-TOD
-    protocol (``sarl.evaluation.aitod_evaluator.evaluate_detections``). Returns ``{"bbox": metrics}`` like
-    :class:`AITODEvaluator`.
+    (``dota_v2_val_1024_full``): patch detections are merged back with class-wise NMS (the :meth:`_merge` hook),
+    then scored with the AI-TOD protocol like :class:`AITODEvaluator`. Returns ``{"bbox": metrics}``.
+
+    The per-image cap (``max_dets_per_image``) applies to the merged whole images, not to the patches.
     """
 
     def __init__(
@@ -86,44 +85,22 @@ class DOTAMergeEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         *,
         nms_threshold: float = 0.5,
-        max_dets_per_image: int = 3000,
-        **evaluate_kwargs: Any,
+        **evaluator_kwargs: Any,
     ):
-        self._patches_dataset = patches_dataset
-        self._full_dataset = full_dataset or f"{patches_dataset}_full"
-        self._distributed = distributed
-        self._output_dir = output_dir
+        """
+        Args:
+            patches_dataset: the dataset the model runs on (patch dicts with their origin, see the module docstring).
+            full_dataset: the whole-image dataset scored (default ``<patches_dataset>_full``).
+            nms_threshold: class-wise NMS threshold of the merge.
+            evaluator_kwargs: ``engine``, ``max_dets``, ``max_dets_per_image``, ... of :class:`AITODEvaluator`.
+        """
+        super().__init__(patches_dataset, distributed, output_dir, **evaluator_kwargs)
+        self._gt_dataset = full_dataset or f"{patches_dataset}_full"
         self._nms_threshold = nms_threshold
-        self._max_dets_per_image = max_dets_per_image
-        self._evaluate_kwargs = evaluate_kwargs
-        self._predictions: List[Dict[str, Any]] = []
 
-    def reset(self) -> None:
-        self._predictions = []
+    def _prepare(self, prediction: Dict[str, Any]) -> Dict[str, Any]:
+        return prediction  # capped after the merge, per whole image
 
-    def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
-        from .aitod_evaluator import instances_to_prediction
-
-        for model_input, output in zip(inputs, outputs):
-            if "instances" in output:
-                self._predictions.append(instances_to_prediction(model_input["image_id"], output["instances"].to("cpu")))
-
-    def evaluate(self) -> Dict[str, Dict[str, float]]:
-        from .aitod_evaluator import evaluate_detections, format_aitod_table
-
-        predictions = self._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
-        patch_records = {d["image_id"]: d for d in DatasetCatalog.get(self._patches_dataset)}
-        merged = merge_patch_predictions(predictions, patch_records, self._nms_threshold, self._max_dets_per_image)
-        class_names = list(MetadataCatalog.get(self._full_dataset).thing_classes)
-        metrics = evaluate_detections(
-            DatasetCatalog.get(self._full_dataset), merged, class_names,
-            max_dets_per_image=self._max_dets_per_image, output_dir=self._output_dir, **self._evaluate_kwargs,
-        )
-        logger.info(f"[DOTAMergeEvaluator] {self._full_dataset} (merged from {self._patches_dataset})\n"
-                    + format_aitod_table(metrics))
-        return {"bbox": dict(metrics)}
+    def _merge(self, predictions: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        patch_records = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
+        return merge_patch_predictions(predictions, patch_records, self._nms_threshold, self._max_dets_per_image)

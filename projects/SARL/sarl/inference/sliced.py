@@ -1,9 +1,10 @@
 """Sliced (tiled) inference for aerial images larger than the detector's input.
 
 The image is cut into ``slice_size`` x ``slice_size`` tiles overlapping by ``overlap`` (a fraction of the tile),
-the last tile of each row/column aligned to the image border so every tile is full-size. Tiles are read
-lazily from the image array (a view, then one uint8 -> float copy of that tile only), run through the model
-``batch_size`` at a time, shifted back to image coordinates and merged:
+the last tile of each row/column aligned to the image border so every tile is full-size (the grid and the
+merge are :mod:`sarl.inference.tiling`'s). Tiles are read lazily from the image array (a view, then one
+uint8 -> float copy of that tile only), run through the model ``batch_size`` at a time, shifted back to image
+coordinates and merged:
 
 - border handling: a detection touching an *inner* tile edge (an edge that is not the image border) is a
   possibly cut object; when it is smaller than the overlap it lies whole in the neighbouring tile, so the cut
@@ -22,58 +23,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances
-from torchvision.ops import batched_nms
+
+from .tiling import drop_cut_boxes, merge_detections, shift_boxes, sliced_stride, tile_grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SlicedPredictor", "SlicedDetector", "tile_starts", "tile_grid", "drop_cut_boxes", "merge_detections"]
-
-
-def tile_starts(length: int, slice_size: int, overlap: float) -> List[int]:
-    """Start offsets along one axis: stride ``slice_size * (1 - overlap)``, last tile flush with the end."""
-    if slice_size <= 0:
-        raise ValueError(f"slice size must be > 0, got {slice_size}")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if length <= slice_size:
-        return [0]
-    stride = max(int(round(slice_size * (1.0 - overlap))), 1)
-    starts = list(range(0, length - slice_size, stride))
-    starts.append(length - slice_size)
-    return sorted(set(starts))
-
-
-def tile_grid(height: int, width: int, slice_size: int, overlap: float) -> List[Tuple[int, int, int, int]]:
-    """Tiles as ``(x0, y0, x1, y1)`` covering the image, row by row."""
-    ys, xs = tile_starts(height, slice_size, overlap), tile_starts(width, slice_size, overlap)
-    return [(x, y, min(x + slice_size, width), min(y + slice_size, height)) for y in ys for x in xs]
-
-
-def drop_cut_boxes(boxes: torch.Tensor, tile: Tuple[int, int, int, int], image_size: Tuple[int, int],
-                   overlap_px: float, margin: float = 2.0) -> torch.Tensor:
-    """Keep-mask [N] for tile-local boxes [N, 4]: False for boxes touching an inner tile edge (within
-    ``margin`` px) whose extent along that axis is below ``overlap_px`` (the neighbour tile holds them whole)."""
-    x0, y0, x1, y1 = tile
-    height, width = image_size
-    tw, th = x1 - x0, y1 - y0
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    cut = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    if x0 > 0:
-        cut |= (boxes[:, 0] <= margin) & (bw < overlap_px)
-    if x1 < width:
-        cut |= (boxes[:, 2] >= tw - margin) & (bw < overlap_px)
-    if y0 > 0:
-        cut |= (boxes[:, 1] <= margin) & (bh < overlap_px)
-    if y1 < height:
-        cut |= (boxes[:, 3] >= th - margin) & (bh < overlap_px)
-    return ~cut
-
-
-def merge_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float,
-                     max_detections: int, class_agnostic: bool = False) -> torch.Tensor:
-    """Indices kept by class-wise NMS (boxes [N, 4] XYXY, scores [N], classes [N]), best first."""
-    groups = torch.zeros_like(classes) if class_agnostic else classes
-    return batched_nms(boxes.float(), scores.float(), groups, nms_thresh)[:max_detections]
+__all__ = ["SlicedPredictor", "SlicedDetector"]
 
 
 @dataclass
@@ -107,7 +62,7 @@ class SlicedPredictor:
                  class_agnostic: bool = False, to_input: Optional[Callable[[np.ndarray], torch.Tensor]] = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        tile_starts(slice_size, slice_size, overlap)  # validates slice_size and overlap
+        sliced_stride(slice_size, overlap)  # validates slice_size and overlap
         self.model = model
         self.slice_size = int(slice_size)
         self.overlap = float(overlap)
@@ -160,8 +115,7 @@ class SlicedPredictor:
             if det.boxes.numel() == 0:
                 continue
             keep = drop_cut_boxes(det.boxes, tile, (height, width), overlap_px)
-            shift = det.boxes.new_tensor([tile[0], tile[1], tile[0], tile[1]])
-            boxes.append(det.boxes[keep] + shift)
+            boxes.append(shift_boxes(det.boxes[keep], tile[0], tile[1]))
             scores.append(det.scores[keep])
             classes.append(det.classes[keep])
             # Bound memory on huge images: prune the running set when it grows far beyond what is kept.

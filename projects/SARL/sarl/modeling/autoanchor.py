@@ -169,11 +169,12 @@ def letterbox_box_sizes(dataset_dicts: Sequence[dict], img_size: int, *,
                         scale_jitter: Tuple[float, float] = (0.9, 1.1), seed: int = 0) -> np.ndarray:
     """[N, 2] (w, h) of every box of ``dataset_dicts`` after the letterbox resize to ``img_size``
     (longest side = img_size), times a per-image random scale in ``scale_jitter`` (YOLOv5's
-    augmentation allowance; ``(1, 1)`` switches it off). Crowd boxes (``iscrowd``) are skipped.
+    augmentation allowance; ``(1, 1)`` switches it off). Crowd boxes (``iscrowd`` / ``ignore``: not training
+    targets, :mod:`sarl.data.annotations`) are skipped; ``difficult`` ones count.
 
     Raises ValueError naming the record when an image size or a box is missing or invalid.
     """
-    from detectron2.structures import BoxMode  # detectron2 only needed here
+    from sarl.data.annotations import annotation_arrays  # sarl.data (detectron2) only needed here
 
     rng = np.random.default_rng(seed)
     sizes: List[np.ndarray] = []
@@ -184,25 +185,10 @@ def letterbox_box_sizes(dataset_dicts: Sequence[dict], img_size: int, *,
             raise ValueError(f"dataset_dicts[{index}] ({name}): 'height' and 'width' must be positive, "
                              f"got {height} x {width}")
         scale = img_size / max(height, width) * rng.uniform(*scale_jitter)
-        record_sizes = []
-        for k, ann in enumerate(record.get("annotations", [])):
-            if ann.get("iscrowd", 0):
-                continue
-            if "bbox" not in ann or "bbox_mode" not in ann:
-                raise ValueError(f"dataset_dicts[{index}] ({name}) annotation {k}: needs 'bbox' and 'bbox_mode'")
-            mode, box = ann["bbox_mode"], ann["bbox"]
-            if mode == BoxMode.XYWH_ABS:  # the common modes without BoxMode.convert's per-box cost
-                w, h = float(box[2]), float(box[3])
-            elif mode == BoxMode.XYXY_ABS:
-                w, h = float(box[2]) - float(box[0]), float(box[3]) - float(box[1])
-            else:
-                _, _, w, h = BoxMode.convert(list(box), mode, BoxMode.XYWH_ABS)
-            if not (np.isfinite([w, h]).all() and w >= 0 and h >= 0):
-                raise ValueError(f"dataset_dicts[{index}] ({name}) annotation {k}: invalid box size "
-                                 f"{w} x {h}")
-            record_sizes.append((w, h))
-        if record_sizes:
-            sizes.append(np.asarray(record_sizes, dtype=np.float64) * scale)
+        boxes = annotation_arrays(record, where=f"dataset_dicts[{index}] ({name})", require_category=False)
+        record_sizes = boxes.without_crowd().boxes_xywh[:, 2:]
+        if len(record_sizes):
+            sizes.append(record_sizes * scale)
     return np.concatenate(sizes) if sizes else np.zeros((0, 2))
 
 

@@ -62,6 +62,20 @@ def conv_block(depthwise: bool):
     return DWConv if depthwise else BaseConv
 
 
+NORMS = ("BN", "SyncBN")
+
+
+def convert_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Apply ``MODEL.CSPDARKNET.NORM`` to a built module: "BN" keeps BatchNorm2d, "SyncBN" converts
+    every BatchNorm to ``nn.SyncBatchNorm`` (eps/momentum/affine and statistics kept; in place for
+    a module that is not itself a BatchNorm)."""
+    if norm not in NORMS:
+        raise ValueError(f"MODEL.CSPDARKNET.NORM must be one of {NORMS}, got {norm!r}")
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
 class Bottleneck(nn.Module):
     """1x1 conv to ``out * expansion`` channels, 3x3 conv back to ``out``, plus the input when
     ``shortcut`` and the channel counts agree."""

@@ -11,22 +11,22 @@ with ``AREA_RANGE``), ``ALPHA`` (the heads' weight on this term).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from sarl.ops import scale_adaptive_iou_loss
+from sarl.ops import PAPER_SAL_BETA, scale_adaptive_iou_loss
 
 __all__ = ["SALParams", "sal_box_loss", "current_iteration", "check_finite_predictions"]
 
 
 @dataclass(frozen=True)
 class SALParams:
-    """The ``MODEL.SAL`` settings as plain values (for code without a detectron2 config)."""
+    """The ``MODEL.SAL`` settings as plain values; :meth:`from_config` is the one place that reads them."""
 
     enabled: bool = True
-    beta: float = 2.0 / 0.6931471805599453
+    beta: float = PAPER_SAL_BETA
     loss_type: str = "iou2"
     normalize: str = "batch"
     area_range: Optional[Tuple[float, float]] = None
@@ -44,13 +44,13 @@ class SALParams:
                    area_range=area_range, alpha=float(sal.ALPHA))
 
 
-def sal_box_loss(cfg_or_params: Union["SALParams", object], pred_xyxy: Tensor, target_xyxy: Tensor,
+def sal_box_loss(params: SALParams, pred_xyxy: Tensor, target_xyxy: Tensor,
                  batch_index: Optional[Tensor] = None, *, weight: Optional[Tensor] = None,
                  reduction: str = "sum") -> Tensor:
     """SAL (or the plain IoU-type loss when disabled) of matched box pairs, **not** times alpha.
 
     Args:
-        cfg_or_params: a detectron2 config with ``MODEL.SAL`` or a :class:`SALParams`.
+        params: the settings (``SALParams.from_config(cfg)``).
         pred_xyxy: [M, 4] predicted boxes of the foreground samples of the whole batch.
         target_xyxy: [M, 4] their ground-truth boxes (same pixel units).
         batch_index: [M] int64 image of each pair (needed for ``NORMALIZE "image"``).
@@ -60,7 +60,6 @@ def sal_box_loss(cfg_or_params: Union["SALParams", object], pred_xyxy: Tensor, t
     Returns:
         a scalar (or [M] for ``reduction="none"``); 0 with a zero gradient when ``M == 0``.
     """
-    params = cfg_or_params if isinstance(cfg_or_params, SALParams) else SALParams.from_config(cfg_or_params)
     normalize = params.normalize if params.enabled else "none"
     if batch_index is not None:
         batch_index = batch_index.long()

@@ -28,7 +28,6 @@ from sarl.data.transforms import PAD_VALUE
 
 from .heads import build_yolo_head
 from .losses import current_iteration
-from .heads import yolox_head  # noqa: F401  (registers YOLOXHead)
 
 __all__ = ["YOLODetector", "check_losses_finite"]
 

@@ -12,8 +12,8 @@ Design of record (REFERENCE.md section 1), over the levels ``x_1..x_L`` named by
         r_l = x_l * (1 + sig(c_l) * sig(s_l)) + up(g)                the relay term is optional
 
 ``up`` is nearest upsampling to x_l's size. The pooling and the gate are the two fused ops
-``sarl.ops.relay_pool`` / ``sarl.ops.relay_gate`` (``MODEL.SARL.FUSED``); the unfused path is the
-same math in plain PyTorch, kept here so the module runs (and is tested) without the extension.
+``sarl.ops.relay_pool`` / ``sarl.ops.relay_gate`` (``MODEL.SARL.FUSED``); the unfused path calls their
+pure-PyTorch references (``sarl.ops.relay_reference``), the same math in plain PyTorch.
 Levels the backbone returns but ``IN_FEATURES`` does not name pass through unchanged; with
 ``MODEL.SARL.ENABLED False`` the wrapper is the identity and holds no parameters.
 
@@ -32,12 +32,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
+from sarl.ops import relay_gate, relay_pool
+from sarl.ops.relay_reference import relay_gate_reference, relay_pool_reference
+
 from .layers import BaseConv
 
-__all__ = ["SARLRelay", "SARLLevel", "build_sarl_relay"]
+__all__ = ["SARLRelay", "SARLLevel"]
 
 
 class SARLLevel(nn.Module):
@@ -79,40 +83,6 @@ class SARLLevel(nn.Module):
         return channel_logits, self.spatial_conv(spatial_desc)
 
 
-def _pool_unfused(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(spatial [N, 2, h, w] = (mean_C, max_C), channel [N, 2, C] = (avg_HW, max_HW)) of g [N, C, h, w].
-
-    ``torch.max(dim)`` rather than ``amax``: its gradient goes to the first arg-max, the tie rule
-    of the fused ``relay_pool`` (``amax`` splits it among ties), so both paths train alike even
-    from the zero-gamma start, where every value of ``g`` ties.
-    """
-    spatial = torch.cat([g.mean(dim=1, keepdim=True), g.max(dim=1, keepdim=True).values], dim=1)
-    channel = torch.stack([g.mean(dim=(2, 3)), g.flatten(2).max(dim=2).values], dim=1)
-    return spatial, channel
-
-
-def _gate_unfused(x: torch.Tensor, channel_logits: torch.Tensor, spatial_logits: torch.Tensor,
-                  relay: Optional[torch.Tensor]) -> torch.Tensor:
-    """x * (1 + sig(c) * sig(s)) + up(relay); x [N, C, H, W], c [N, C], s [N, 1, H, W]."""
-    out = x * (1 + torch.sigmoid(channel_logits)[:, :, None, None] * torch.sigmoid(spatial_logits))
-    if relay is not None:
-        out = out + F.interpolate(relay, size=x.shape[-2:], mode="nearest")
-    return out
-
-
-def _pool_fused(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    from sarl.ops import relay_pool
-
-    return relay_pool(g)
-
-
-def _gate_fused(x: torch.Tensor, channel_logits: torch.Tensor, spatial_logits: torch.Tensor,
-                relay: Optional[torch.Tensor]) -> torch.Tensor:
-    from sarl.ops import relay_gate
-
-    return relay_gate(x, channel_logits, spatial_logits, relay)
-
-
 class SARLRelay(Backbone):
     """Wraps ``bottom_up`` and relays its ``in_features`` top-down (see the module docstring).
 
@@ -123,13 +93,14 @@ class SARLRelay(Backbone):
         reduction: channel-MLP reduction ratio (``MODEL.SARL.REDUCTION``).
         spatial_kernel_size: odd size of the spatial-gate conv (``MODEL.SARL.SPATIAL_KERNEL_SIZE``).
         relay_residual: add ``up(g)`` to each non-deepest level (``MODEL.SARL.RELAY_RESIDUAL``).
-        fused: use ``sarl.ops.relay_pool`` / ``relay_gate`` (``MODEL.SARL.FUSED``); the ops fall
-            back to their PyTorch references when ``sarl._C`` is not built.
+        fused: use ``sarl.ops.relay_pool`` / ``relay_gate`` (``MODEL.SARL.FUSED``; they fall back to
+            their references when ``sarl._C`` is not built); False calls the references directly.
         enabled: False makes the module the identity (``MODEL.SARL.ENABLED``).
 
     ``forward(x) -> Dict[str, Tensor]``: the same names, shapes and strides as ``bottom_up(x)``.
     """
 
+    @configurable
     def __init__(self, bottom_up: Backbone, in_features: Sequence[str], reduction: int = 16,
                  spatial_kernel_size: int = 7, relay_residual: bool = True, fused: bool = True,
                  enabled: bool = True):
@@ -168,6 +139,14 @@ class SARLRelay(Backbone):
                                           shapes[above].channels if above is not None else None,
                                           int(reduction), int(spatial_kernel_size))
 
+    @classmethod
+    def from_config(cls, cfg, bottom_up: Backbone) -> dict:
+        """``MODEL.SARL`` over ``bottom_up``."""
+        c = cfg.MODEL.SARL
+        return {"bottom_up": bottom_up, "in_features": c.IN_FEATURES, "reduction": c.REDUCTION,
+                "spatial_kernel_size": c.SPATIAL_KERNEL_SIZE, "relay_residual": c.RELAY_RESIDUAL,
+                "fused": c.FUSED, "enabled": c.ENABLED}
+
     @property
     def size_divisibility(self) -> int:
         return self.bottom_up.size_divisibility
@@ -184,7 +163,7 @@ class SARLRelay(Backbone):
         dict with the same keys, or ``features`` itself when disabled."""
         if not self.enabled:
             return features
-        pool, gate = (_pool_fused, _gate_fused) if self.fused else (_pool_unfused, _gate_unfused)
+        pool, gate = (relay_pool, relay_gate) if self.fused else (relay_pool_reference, relay_gate_reference)
         out = dict(features)
         relayed: Optional[torch.Tensor] = None
         for name in reversed(self.in_features):
@@ -203,11 +182,3 @@ class SARLRelay(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return self.bottom_up.output_shape()
-
-
-def build_sarl_relay(cfg, bottom_up: Backbone) -> SARLRelay:
-    """``SARLRelay`` over ``bottom_up`` from ``cfg.MODEL.SARL``."""
-    c = cfg.MODEL.SARL
-    return SARLRelay(bottom_up, in_features=c.IN_FEATURES, reduction=c.REDUCTION,
-                     spatial_kernel_size=c.SPATIAL_KERNEL_SIZE, relay_residual=c.RELAY_RESIDUAL,
-                     fused=c.FUSED, enabled=c.ENABLED)

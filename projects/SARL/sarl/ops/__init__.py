@@ -13,8 +13,9 @@ from ._extension import (  # noqa: F401
     extension_available,
     extension_info,
 )
-from .sal import ScaleAdaptiveIoULoss, sal_weights, scale_adaptive_iou_loss  # noqa: F401
+from .sal import PAPER_SAL_BETA, ScaleAdaptiveIoULoss, sal_weights, scale_adaptive_iou_loss  # noqa: F401
 from .relay import relay_gate, relay_pool  # noqa: F401
+from .box_iou import iou_loss, paired_box_iou  # noqa: F401
 from .coco_eval import coco_eval_bbox  # noqa: F401
 from . import reference  # noqa: F401
 
@@ -22,6 +23,9 @@ __all__ = [
     "scale_adaptive_iou_loss",
     "ScaleAdaptiveIoULoss",
     "sal_weights",
+    "PAPER_SAL_BETA",
+    "paired_box_iou",
+    "iou_loss",
     "relay_pool",
     "relay_gate",
     "coco_eval_bbox",

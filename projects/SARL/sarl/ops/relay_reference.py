@@ -100,8 +100,7 @@ def relay_pool_reference(g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return spatial.to(g.dtype), channel.to(g.dtype)
     # torch.max(dim) picks the first maximal index and routes its gradient there only.
     spatial = torch.cat([gc.mean(dim=1, keepdim=True), gc.max(dim=1, keepdim=True).values], dim=1)
-    flat = gc.flatten(2)
-    channel = torch.stack([flat.mean(dim=2), flat.max(dim=2).values], dim=1)
+    channel = torch.stack([gc.mean(dim=(2, 3)), gc.flatten(2).max(dim=2).values], dim=1)
     return spatial.to(g.dtype), channel.to(g.dtype)
 
 

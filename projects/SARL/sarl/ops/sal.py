@@ -20,14 +20,14 @@ from torch import nn
 
 from ._extension import _LOADED, use_extension
 from .sal_reference import (
-    DEFAULT_BETA,
+    PAPER_SAL_BETA,
     check_loss_args,
     check_weight_args,
     sal_weights_reference,
     scale_adaptive_iou_loss_reference,
 )
 
-__all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss"]
+__all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss", "PAPER_SAL_BETA"]
 
 # Positions of the arguments of sarl::sal_loss (see csrc/sarl_ops.cpp).
 _REDUCTION_ARG = 10
@@ -87,7 +87,7 @@ def scale_adaptive_iou_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     *,
-    beta: float = DEFAULT_BETA,
+    beta: float = PAPER_SAL_BETA,
     loss_type: str = "iou2",
     box_format: str = "xyxy",
     normalize: str = "batch",
@@ -145,7 +145,7 @@ def scale_adaptive_iou_loss(
 def sal_weights(
     target: torch.Tensor,
     *,
-    beta: float = DEFAULT_BETA,
+    beta: float = PAPER_SAL_BETA,
     box_format: str = "xyxy",
     normalize: str = "batch",
     batch_index: Optional[torch.Tensor] = None,
@@ -172,7 +172,7 @@ class ScaleAdaptiveIoULoss(nn.Module):
     ``forward(pred, target, batch_index=None, weight=None)``: per-call tensors may also be given.
     """
 
-    def __init__(self, *, beta: float = DEFAULT_BETA, loss_type: str = "iou2", box_format: str = "xyxy",
+    def __init__(self, *, beta: float = PAPER_SAL_BETA, loss_type: str = "iou2", box_format: str = "xyxy",
                  normalize: str = "batch", area_range: Optional[Sequence[float]] = None,
                  reduction: str = "sum", eps: float = 1e-7) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 This is the specification that the fused kernels (``csrc/sal``) are tested against, and the
 fallback when ``sarl._C`` is not built. Its gradients come from autograd, and the kernels follow
-the same sub-gradient conventions (see :func:`scale_adaptive_iou_loss_reference`).
+the same sub-gradient conventions (see :func:`scale_adaptive_iou_loss_reference`). The per-pair
+IoU-type losses are :func:`sarl.ops.box_iou.iou_loss`; this module adds the SAL weights.
 
 Also holds the argument checks shared with :mod:`sarl.ops.sal`, so both paths reject the same
 bad inputs with the same messages.
@@ -15,8 +16,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-DEFAULT_BETA = 2.0 / math.log(2.0)
-LOSS_TYPES = ("iou2", "iou", "giou", "diou", "ciou")
+from .box_iou import LOSS_TYPES, box_corners, clamp_min0, iou_loss
+
+# The paper's beta (Table VII's best): weights from 2 (smallest box, s = 0) down to 0 (largest, s = 1).
+PAPER_SAL_BETA = 2.0 / math.log(2.0)
 NORMALIZE_MODES = ("batch", "image", "fixed", "none")
 BOX_FORMATS = ("xyxy", "cxcywh")
 REDUCTIONS = ("none", "sum", "mean")
@@ -131,28 +134,13 @@ def check_batch_index_values(batch_index: torch.Tensor) -> None:
         raise ValueError(f"batch_index must be >= 0, got {int(batch_index[row])} at row {row}")
 
 
-def clamp_min0(u: torch.Tensor) -> torch.Tensor:
-    """``max(u, 0)`` whose derivative passes where ``u >= 0`` (``Tensor.clamp`` passes it only where
-    ``u > 0``): boxes that exactly touch still get a gradient pulling them together."""
-    return torch.where(u >= 0, u, torch.zeros_like(u))
-
-
-def box_corners(boxes: torch.Tensor, box_format: str) -> Tuple[torch.Tensor, ...]:
-    """(x1, y1, x2, y2), each [N], from [N, 4] boxes in ``box_format``."""
-    if box_format == "xyxy":
-        return boxes.unbind(-1)
-    cx, cy, w, h = boxes.unbind(-1)
-    hw, hh = w * 0.5, h * 0.5
-    return cx - hw, cy - hh, cx + hw, cy + hh
-
-
 def box_areas(boxes: torch.Tensor, box_format: str) -> torch.Tensor:
     """Areas [N]; degenerate boxes (x2 < x1 or y2 < y1) have area 0."""
     x1, y1, x2, y2 = box_corners(boxes, box_format)
     return clamp_min0(x2 - x1) * clamp_min0(y2 - y1)
 
 
-def sal_weights_reference(target: torch.Tensor, *, beta: float = DEFAULT_BETA, box_format: str = "xyxy",
+def sal_weights_reference(target: torch.Tensor, *, beta: float = PAPER_SAL_BETA, box_format: str = "xyxy",
                           normalize: str = "batch", batch_index: Optional[torch.Tensor] = None,
                           area_range: Optional[Sequence[float]] = None) -> torch.Tensor:
     """Per-box SAL weights ``w_i = beta * ln(2 - s_i)`` [N] (constants: computed without grad).
@@ -198,41 +186,6 @@ def sal_weights_core(target: torch.Tensor, *, beta: float, box_format: str, norm
         return beta * torch.log(2 - s)
 
 
-def _unweighted_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str, box_format: str,
-                     eps: float) -> torch.Tensor:
-    px1, py1, px2, py2 = box_corners(pred, box_format)
-    tx1, ty1, tx2, ty2 = box_corners(target, box_format)
-    pw, ph = clamp_min0(px2 - px1), clamp_min0(py2 - py1)
-    tw, th = clamp_min0(tx2 - tx1), clamp_min0(ty2 - ty1)
-    area_p, area_t = pw * ph, tw * th
-    iw = clamp_min0(torch.minimum(px2, tx2) - torch.maximum(px1, tx1))
-    ih = clamp_min0(torch.minimum(py2, ty2) - torch.maximum(py1, ty1))
-    inter = iw * ih
-    iou = inter / (area_p + area_t - inter + eps)
-    if loss_type == "iou2":
-        return 1 - iou * iou
-    if loss_type == "iou":
-        return 1 - iou
-    cw = clamp_min0(torch.maximum(px2, tx2) - torch.minimum(px1, tx1))
-    ch = clamp_min0(torch.maximum(py2, ty2) - torch.minimum(py1, ty1))
-    if loss_type == "giou":
-        c = cw * ch
-        union = area_p + area_t - inter
-        return 1 - iou + (c - union) / (c + eps)
-    c2 = cw * cw + ch * ch + eps
-    dx = (px1 + px2) / 2 - (tx1 + tx2) / 2
-    dy = (py1 + py2) / 2 - (ty1 + ty2) / 2
-    loss = 1 - iou + (dx * dx + dy * dy) / c2
-    if loss_type == "diou":
-        return loss
-    k = 4.0 / (math.pi * math.pi)
-    diff = torch.atan(tw / (th + eps)) - torch.atan(pw / (ph + eps))
-    v = k * diff * diff
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
-    return loss + alpha * v
-
-
 def non_finite_poison(pred: torch.Tensor) -> torch.Tensor:
     """[N]: 0 for rows of ``pred`` whose four numbers are finite, NaN for the others, with gradient 0 / NaN on the
     whole row. Added to each box's loss so that a NaN or infinite prediction gives a NaN loss and a NaN gradient
@@ -245,7 +198,7 @@ def scale_adaptive_iou_loss_reference(
     pred: torch.Tensor,
     target: torch.Tensor,
     *,
-    beta: float = DEFAULT_BETA,
+    beta: float = PAPER_SAL_BETA,
     loss_type: str = "iou2",
     box_format: str = "xyxy",
     normalize: str = "batch",
@@ -267,9 +220,10 @@ def scale_adaptive_iou_loss_reference(
         [N] or a scalar, in the promoted dtype of pred/target (float16/bfloat16 computed in float32).
 
     Sub-gradients (followed by the fused kernels): widths, heights and overlaps are
-    ``max(u, 0)`` whose derivative passes where ``u >= 0`` (see :func:`clamp_min0`; boxes that exactly touch still get
-    a gradient pulling them together; degenerate boxes have zero area); ``min``/``max`` ties split
-    the derivative equally (equal boxes get a ~zero gradient); CIoU's ``alpha`` is a constant.
+    ``max(u, 0)`` whose derivative passes where ``u >= 0`` (see :func:`sarl.ops.box_iou.clamp_min0`; boxes
+    that exactly touch still get a gradient pulling them together; degenerate boxes have zero area);
+    ``min``/``max`` ties split the derivative equally (equal boxes get a ~zero gradient); CIoU's
+    ``alpha`` is a constant.
     Only ``pred`` receives a gradient.
     """
     args = check_loss_args(pred, target, beta=beta, loss_type=loss_type, box_format=box_format,
@@ -295,7 +249,8 @@ def sal_loss_core(pred: torch.Tensor, target: torch.Tensor, *, beta: float, loss
                          batch_index=batch_index, area_lo=area_lo, area_hi=area_hi)
     if weight is not None:
         w = w * weight.detach().to(w.dtype)
-    loss = w * (_unweighted_loss(pred, target, loss_type, box_format, eps) + non_finite_poison(pred))
+    unweighted = iou_loss(pred, target, loss_type=loss_type, box_format=box_format, eps=eps)
+    loss = w * (unweighted + non_finite_poison(pred))
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":

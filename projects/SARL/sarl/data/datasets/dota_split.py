@@ -1,9 +1,10 @@
 """Split DOTA images into patches with horizontal-box COCO labels (the work of ``tools/prepare_dota.py``).
 
 Choices (documented in ``tools/prepare_dota.py --help`` and the README):
-- Patch grid: origins every ``patch_size - overlap`` px; the last row/column is *shifted back* inside the image
-  (its origin is ``size - patch_size``), so every patch is full of image content. Images (or scaled images) smaller
-  than a patch give one patch padded with black at the right/bottom to ``patch_size``.
+- Patch grid (``sarl.inference.tiling``, shared with sliced inference): origins every ``patch_size - overlap`` px;
+  the last row/column is *shifted back* inside the image (its origin is ``size - patch_size``), so every patch is
+  full of image content. Images (or scaled images) smaller than a patch give one patch padded with black at the
+  right/bottom to ``patch_size``.
 - A box cut by a patch border is kept, clipped to the patch, when at least ``min_visible`` (default 0.7) of its
   area lies inside the patch; otherwise that patch does not carry it. With 200 px overlap every object up to
   ~200 px appears whole in some patch; objects kept in no patch at all are counted and logged (warning).
@@ -25,22 +26,23 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ...inference.tiling import axis_starts, grid_origins
 from .common import ClipStats, DatasetFormatError, clip_xyxy, list_images
 from .dota import DOTA_VERSIONS, parse_dota_labels
 
 logger = logging.getLogger(__name__)
 
 
-def patch_origins(length: int, patch_size: int, overlap: int) -> List[int]:
-    """Patch origins along one axis: a stride of ``patch_size - overlap``, the last one shifted back inside."""
+def patch_stride(patch_size: int, overlap: int) -> int:
+    """Stride of patches of ``patch_size`` px overlapping by ``overlap`` px (in [0, patch_size))."""
     if not 0 <= overlap < patch_size:
         raise ValueError(f"overlap must be in [0, patch_size), got overlap={overlap}, patch_size={patch_size}")
-    if length <= patch_size:
-        return [0]
-    stride = patch_size - overlap
-    origins = list(range(0, length - patch_size, stride))
-    origins.append(length - patch_size)
-    return origins
+    return patch_size - overlap
+
+
+def patch_origins(length: int, patch_size: int, overlap: int) -> List[int]:
+    """Patch origins along one axis: a stride of ``patch_size - overlap``, the last one shifted back inside."""
+    return axis_starts(length, patch_size, patch_stride(patch_size, overlap))
 
 
 def boxes_in_patch(
@@ -108,31 +110,30 @@ def _split_one_image(
         scaled_h, scaled_w = scaled.shape[:2]
         scaled_boxes = boxes * scale
         placed = np.zeros(len(boxes), bool)
-        for y0 in patch_origins(scaled_h, P, options.overlap):
-            for x0 in patch_origins(scaled_w, P, options.overlap):
-                indices, patch_boxes = boxes_in_patch(scaled_boxes, x0, y0, P, P, options.min_visible)
-                placed[indices] = True
-                if len(indices) == 0 and not options.keep_empty:
-                    empty_skipped += 1
-                    continue
-                crop = scaled[y0:y0 + P, x0:x0 + P]
-                if crop.shape[:2] != (P, P):  # image smaller than a patch: pad right/bottom
-                    crop = cv2.copyMakeBorder(crop, 0, P - crop.shape[0], 0, P - crop.shape[1], cv2.BORDER_CONSTANT, value=0)
-                file_name = f"{stem}__{scale:g}__{x0}___{y0}.{options.image_ext}"
-                if not cv2.imwrite(os.path.join(out_dir, file_name), crop):
-                    raise OSError(f"cannot write {os.path.join(out_dir, file_name)}")
-                patches.append({
-                    "image": {
-                        "file_name": file_name, "width": P, "height": P, "source_image": stem,
-                        "source_file": source_file, "patch_x0": int(x0), "patch_y0": int(y0), "scale": float(scale),
-                        "source_width": int(width), "source_height": int(height),
-                    },
-                    "annotations": [
-                        {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                         "category_id": categories[i], "difficult": difficult[i]}
-                        for i, b in zip(indices.tolist(), patch_boxes)
-                    ],
-                })
+        for x0, y0 in grid_origins(scaled_h, scaled_w, P, patch_stride(P, options.overlap)):  # row by row
+            indices, patch_boxes = boxes_in_patch(scaled_boxes, x0, y0, P, P, options.min_visible)
+            placed[indices] = True
+            if len(indices) == 0 and not options.keep_empty:
+                empty_skipped += 1
+                continue
+            crop = scaled[y0:y0 + P, x0:x0 + P]
+            if crop.shape[:2] != (P, P):  # image smaller than a patch: pad right/bottom
+                crop = cv2.copyMakeBorder(crop, 0, P - crop.shape[0], 0, P - crop.shape[1], cv2.BORDER_CONSTANT, value=0)
+            file_name = f"{stem}__{scale:g}__{x0}___{y0}.{options.image_ext}"
+            if not cv2.imwrite(os.path.join(out_dir, file_name), crop):
+                raise OSError(f"cannot write {os.path.join(out_dir, file_name)}")
+            patches.append({
+                "image": {
+                    "file_name": file_name, "width": P, "height": P, "source_image": stem,
+                    "source_file": source_file, "patch_x0": int(x0), "patch_y0": int(y0), "scale": float(scale),
+                    "source_width": int(width), "source_height": int(height),
+                },
+                "annotations": [
+                    {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                     "category_id": categories[i], "difficult": difficult[i]}
+                    for i, b in zip(indices.tolist(), patch_boxes)
+                ],
+            })
         # Boxes of zero area are not objects (counted by full_stats), not "unplaced".
         has_area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) > 0 if len(boxes) else np.zeros(0, bool)
         unplaced[scale] = int((~placed & has_area).sum())

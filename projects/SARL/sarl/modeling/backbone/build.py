@@ -4,19 +4,21 @@
 
 reads ``MODEL.CSPDARKNET`` (flavour, size, norm), ``MODEL.SARL`` (relay; ENABLED False makes it
 the identity, for the baselines) and ``MODEL.YOLOPAFPN`` (neck), and returns a detectron2
-``Backbone`` whose outputs are the neck's ``p3, p4, p5`` (plus ``p2`` with USE_P2).
+``Backbone`` whose outputs are the neck's ``p3, p4, p5`` (plus ``p2`` with USE_P2). Each of the
+three modules is built from the config by its own ``from_config``, as Detectron2's
+``build_resnet_fpn_backbone`` chains ResNet and FPN.
 """
 from __future__ import annotations
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..neck.pafpn import YOLOPAFPN, build_yolopafpn  # noqa: F401  (re-exported)
-from ..relay import SARLRelay, build_sarl_relay  # noqa: F401
-from .cspdarknet import CSPDarknet, build_cspdarknet_backbone, convert_norm, cspdarknet_from_config  # noqa: F401
+from ..layers import convert_norm
+from ..neck.pafpn import YOLOPAFPN
+from ..relay import SARLRelay
+from .cspdarknet import CSPDarknet
 
-__all__ = ["build_sarl_cspdarknet_pafpn_backbone", "build_cspdarknet_backbone", "CSPDarknet",
-           "SARLRelay", "YOLOPAFPN"]
+__all__ = ["build_sarl_cspdarknet_pafpn_backbone"]
 
 
 @BACKBONE_REGISTRY.register()
@@ -30,6 +32,6 @@ def build_sarl_cspdarknet_pafpn_backbone(cfg, input_shape: ShapeSpec) -> Backbon
     needed = list(cfg.MODEL.YOLOPAFPN.IN_FEATURES)
     if cfg.MODEL.SARL.ENABLED:
         needed += list(cfg.MODEL.SARL.IN_FEATURES)
-    bottom_up = cspdarknet_from_config(cfg, input_shape, extra_out_features=needed)
-    neck = build_yolopafpn(cfg, build_sarl_relay(cfg, bottom_up))
+    bottom_up = CSPDarknet(cfg, input_shape, extra_out_features=needed)
+    neck = YOLOPAFPN(cfg, SARLRelay(cfg, bottom_up))
     return convert_norm(neck, cfg.MODEL.CSPDARKNET.NORM)

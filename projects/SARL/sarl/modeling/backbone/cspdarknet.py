@@ -26,12 +26,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..layers import C3, SPPF, BaseConv, CSPLayer, Focus, SPPBottleneck, conv_block
+from ..layers import C3, SPPF, BaseConv, CSPLayer, Focus, SPPBottleneck, conv_block, convert_norm
 
-__all__ = ["CSPDarknet", "CSPDARKNET_SIZES", "build_cspdarknet_backbone", "convert_norm"]
+__all__ = ["CSPDarknet", "CSPDARKNET_SIZES", "build_cspdarknet_backbone"]
 
 # (depth multiplier, width multiplier) of the official sizes, for configs and tests.
 CSPDARKNET_SIZES: Dict[str, Tuple[float, float]] = {
@@ -41,7 +42,6 @@ CSPDARKNET_SIZES: Dict[str, Tuple[float, float]] = {
 
 FLAVORS = ("yolox", "yolov5")
 STAGE_NAMES = ("dark2", "dark3", "dark4", "dark5")
-NORMS = ("BN", "SyncBN")
 
 
 def stage_widths(flavor: str, width: float, base: int = 64) -> List[int]:
@@ -75,6 +75,7 @@ class CSPDarknet(Backbone):
     even (the stem halves them exactly); multiples of 32 keep every level's size exact.
     """
 
+    @configurable
     def __init__(self, flavor: str = "yolox", depth_multiplier: float = 0.33,
                  width_multiplier: float = 0.5, out_features: Sequence[str] = ("dark3", "dark4", "dark5"),
                  in_channels: int = 3, depthwise: bool = False):
@@ -121,6 +122,20 @@ class CSPDarknet(Backbone):
         self._out_feature_channels = {name: widths[k + 1] for k, name in enumerate(STAGE_NAMES)}
         self._out_feature_strides = {name: 2 ** (k + 2) for k, name in enumerate(STAGE_NAMES)}
 
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec, extra_out_features: Sequence[str] = ()) -> dict:
+        """``MODEL.CSPDARKNET`` (BatchNorm; the builders apply ``NORM``); ``extra_out_features`` adds
+        the levels that modules built on top of it (relay, neck) read."""
+        c = cfg.MODEL.CSPDARKNET
+        unknown = [name for name in extra_out_features if name not in STAGE_NAMES]
+        if unknown:
+            raise ValueError(f"the relay/neck read {unknown}, which CSPDarknet does not produce (it has "
+                             f"{STAGE_NAMES}): check MODEL.SARL.IN_FEATURES and MODEL.YOLOPAFPN.IN_FEATURES")
+        out_features = list(c.OUT_FEATURES) + [n for n in extra_out_features if n not in c.OUT_FEATURES]
+        return {"flavor": c.FLAVOR, "depth_multiplier": c.DEPTH_MULTIPLIER,
+                "width_multiplier": c.WIDTH_MULTIPLIER, "out_features": out_features,
+                "in_channels": input_shape.channels, "depthwise": c.DEPTHWISE}
+
     @property
     def size_divisibility(self) -> int:
         return 32
@@ -141,31 +156,7 @@ class CSPDarknet(Backbone):
                                 stride=self._out_feature_strides[name]) for name in self._out_features}
 
 
-def convert_norm(module: nn.Module, norm: str) -> nn.Module:
-    """Apply ``MODEL.CSPDARKNET.NORM`` to a built module: "BN" keeps BatchNorm2d, "SyncBN"
-    converts every BatchNorm to ``nn.SyncBatchNorm`` (eps/momentum/affine kept)."""
-    if norm not in NORMS:
-        raise ValueError(f"MODEL.CSPDARKNET.NORM must be one of {NORMS}, got {norm!r}")
-    if norm == "SyncBN":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return module
-
-
-def cspdarknet_from_config(cfg, input_shape: ShapeSpec, extra_out_features: Sequence[str] = ()) -> CSPDarknet:
-    """A BatchNorm CSPDarknet from ``cfg.MODEL.CSPDARKNET``; ``extra_out_features`` adds the levels
-    that modules built on top of it (relay, neck) read."""
-    c = cfg.MODEL.CSPDARKNET
-    unknown = [name for name in extra_out_features if name not in STAGE_NAMES]
-    if unknown:
-        raise ValueError(f"the relay/neck read {unknown}, which CSPDarknet does not produce "
-                         f"(it has {STAGE_NAMES}): check MODEL.SARL.IN_FEATURES and MODEL.YOLOPAFPN.IN_FEATURES")
-    out_features = list(c.OUT_FEATURES) + [n for n in extra_out_features if n not in c.OUT_FEATURES]
-    return CSPDarknet(flavor=c.FLAVOR, depth_multiplier=c.DEPTH_MULTIPLIER,
-                      width_multiplier=c.WIDTH_MULTIPLIER, out_features=out_features,
-                      in_channels=input_shape.channels, depthwise=c.DEPTHWISE)
-
-
 @BACKBONE_REGISTRY.register()
 def build_cspdarknet_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """The bare CSPDarknet (``MODEL.BACKBONE.NAME: build_cspdarknet_backbone``)."""
-    return convert_norm(cspdarknet_from_config(cfg, input_shape), cfg.MODEL.CSPDARKNET.NORM)
+    return convert_norm(CSPDarknet(cfg, input_shape), cfg.MODEL.CSPDARKNET.NORM)

@@ -47,39 +47,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 from torch import Tensor
 
+from sarl.ops.box_iou import LOSS_TYPES, paired_box_iou
+
 from ..assigners.anchor_match import LevelMatches, match_anchors
 from ..losses import SALParams, sal_box_loss
-from .build import YOLO_HEAD_REGISTRY
+from .build import YOLO_HEAD_REGISTRY, head_input_shapes
 
-__all__ = ["YOLOv5Head", "paired_iou"]
-
-_SAL_LOSS_TYPES = ("iou2", "iou", "giou", "diou", "ciou")
-
-
-def paired_iou(pred: Tensor, target: Tensor, *, complete: bool = False, eps: float = 1e-7) -> Tensor:
-    """IoU (or CIoU when ``complete``) of matching rows of two ``(cx, cy, w, h)`` box sets.
-
-    Args:
-        pred, target: [M, 4] boxes in the same units.
-    Returns:
-        [M] IoU in [0, 1] (CIoU in (-1.5, 1]).
-    """
-    p_lo, p_hi = pred[:, :2] - pred[:, 2:] / 2, pred[:, :2] + pred[:, 2:] / 2
-    t_lo, t_hi = target[:, :2] - target[:, 2:] / 2, target[:, :2] + target[:, 2:] / 2
-    inter_wh = (torch.minimum(p_hi, t_hi) - torch.maximum(p_lo, t_lo)).clamp(min=0)
-    inter = inter_wh[:, 0] * inter_wh[:, 1]
-    union = pred[:, 2] * pred[:, 3] + target[:, 2] * target[:, 3] - inter + eps
-    iou = inter / union
-    if not complete:
-        return iou
-    enclose_wh = torch.maximum(p_hi, t_hi) - torch.minimum(p_lo, t_lo)
-    diag2 = enclose_wh.pow(2).sum(1) + eps
-    centre2 = (pred[:, :2] - target[:, :2]).pow(2).sum(1)
-    aspect = (4 / math.pi ** 2) * (torch.atan(target[:, 2] / (target[:, 3] + eps))
-                                   - torch.atan(pred[:, 2] / (pred[:, 3] + eps))).pow(2)
-    with torch.no_grad():
-        alpha = aspect / (aspect - iou + (1 + eps))
-    return iou - (centre2 / diag2 + aspect * alpha)
+__all__ = ["YOLOv5Head"]
 
 
 def _cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -110,9 +84,7 @@ class YOLOv5Head(nn.Module):
                  anchors: Sequence[Sequence[Sequence[float]]], num_classes: int,
                  anchor_t: float = 4.0, balance: Sequence[float] = (4.0, 1.0, 0.4),
                  box_gain: float = 0.05, cls_gain: float = 0.5, obj_gain: float = 1.0,
-                 img_size: int = 640, box_loss_type: str = "ciou", sal_enabled: bool = True,
-                 sal_beta: float = 2.0 / math.log(2.0), sal_loss_type: str = "iou2",
-                 sal_normalize: str = "batch", sal_area_range: Optional[Sequence[float]] = None,
+                 img_size: int = 640, sal: Optional[SALParams] = None,
                  loss_times_batch_size: bool = True, autoanchor_bpr_thresh: float = 0.98):
         """
         Args:
@@ -124,8 +96,9 @@ class YOLOv5Head(nn.Module):
             box_gain, cls_gain, obj_gain: YOLOv5's ``hyp`` gains before the 3/nl, nc/80, (img/640)^2 scaling.
             img_size: training image size (for the obj gain; the objectness bias prior keeps
                 YOLOv5's fixed 640, i.e. 8 objects per 640x640 area).
-            box_loss_type: box loss without SAL ("ciou": official).
-            sal_*: the SAL options (``MODEL.SAL``), ``sal_loss_type`` being the base loss with SAL.
+            sal: the box loss (default ``SALParams()``: SAL over 1 - IoU^2): SAL-weighted ``sal.loss_type``
+                when ``sal.enabled``, else the plain ``sal.loss_type`` ("ciou": official YOLOv5).
+                ``sal.alpha`` (YOLOX's weight) is unused: ``box_gain`` is YOLOv5's weight.
             loss_times_batch_size: multiply the losses by the batch size, as YOLOv5.
             autoanchor_bpr_thresh: AutoAnchor refits when the anchors' best possible recall is below it.
         """
@@ -141,9 +114,10 @@ class YOLOv5Head(nn.Module):
                              f"per level ({num_levels})")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        for name, loss_type in (("box_loss_type", box_loss_type), ("sal_loss_type", sal_loss_type)):
-            if loss_type not in _SAL_LOSS_TYPES:
-                raise ValueError(f"{name} must be one of {_SAL_LOSS_TYPES}, got {loss_type!r}")
+        sal = sal if sal is not None else SALParams()
+        if sal.loss_type not in LOSS_TYPES:
+            raise ValueError(f"the box loss type (MODEL.SAL.LOSS_TYPE, or MODEL.YOLOV5.BOX_LOSS_TYPE without SAL) "
+                             f"must be one of {LOSS_TYPES}, got {sal.loss_type!r}")
 
         self.num_classes = int(num_classes)
         self.num_levels = num_levels
@@ -160,15 +134,9 @@ class YOLOv5Head(nn.Module):
         self.cls_gain = cls_gain * self.num_classes / 80.0 * level_scale
         self.obj_gain = obj_gain * (img_size / 640.0) ** 2 * level_scale
 
-        self.sal_enabled = bool(sal_enabled)
-        self.box_loss_type = sal_loss_type if self.sal_enabled else box_loss_type
-        # SALParams.alpha (YOLOX's weight) is unused here: BOX_GAIN is YOLOv5's weight.
-        self.sal_params = SALParams(
-            enabled=self.sal_enabled, beta=float(sal_beta), loss_type=self.box_loss_type,
-            normalize=sal_normalize,
-            area_range=tuple(float(v) for v in sal_area_range) if sal_area_range is not None else None)
+        self.sal = sal
         # Official: the obj target is the box-loss IoU, i.e. CIoU for the CIoU loss.
-        self.obj_target_complete_iou = self.box_loss_type == "ciou"
+        self.obj_target_complete_iou = sal.loss_type == "ciou"
 
         # (w, h) in input pixels, saved with the model (AutoAnchor rewrites it in place).
         self.register_buffer("anchors", anchor_tensor.clone())
@@ -178,16 +146,12 @@ class YOLOv5Head(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
-        in_features = list(cfg.MODEL.YOLO.IN_FEATURES)
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"MODEL.YOLO.IN_FEATURES {missing} not among the backbone outputs "
-                           f"{sorted(input_shape)}")
-        num_levels = len(in_features)
+        shapes = head_input_shapes(cfg, input_shape)
+        num_levels = len(shapes)
         v5 = cfg.MODEL.YOLOV5
         return {
-            "in_channels": [input_shape[f].channels for f in in_features],
-            "strides": [input_shape[f].stride for f in in_features],
+            "in_channels": [s.channels for s in shapes],
+            "strides": [s.stride for s in shapes],
             "anchors": _expand_for_p2(v5.ANCHORS, v5.ANCHORS_P2, num_levels, "ANCHORS"),
             "num_classes": cfg.MODEL.YOLO.NUM_CLASSES,
             "anchor_t": v5.ANCHOR_T,
@@ -196,12 +160,8 @@ class YOLOv5Head(nn.Module):
             "cls_gain": v5.CLS_GAIN,
             "obj_gain": v5.OBJ_GAIN,
             "img_size": cfg.INPUT.YOLO.IMG_SIZE,
-            "box_loss_type": v5.BOX_LOSS_TYPE,
-            "sal_enabled": cfg.MODEL.SAL.ENABLED,
-            "sal_beta": cfg.MODEL.SAL.BETA,
-            "sal_loss_type": cfg.MODEL.SAL.LOSS_TYPE,
-            "sal_normalize": cfg.MODEL.SAL.NORMALIZE,
-            "sal_area_range": cfg.MODEL.SAL.AREA_RANGE if cfg.MODEL.SAL.NORMALIZE == "fixed" else None,
+            # With SAL the base loss is MODEL.SAL.LOSS_TYPE; without it, YOLOv5's own BOX_LOSS_TYPE.
+            "sal": SALParams.from_config(cfg, loss_type=None if cfg.MODEL.SAL.ENABLED else v5.BOX_LOSS_TYPE),
             "loss_times_batch_size": v5.LOSS_TIMES_BATCH_SIZE,
             "autoanchor_bpr_thresh": v5.AUTOANCHOR_BPR_THRESH,
         }
@@ -277,7 +237,7 @@ class YOLOv5Head(nn.Module):
 
     def _box_loss_per_match(self, pred: Tensor, target: Tensor, batch_index: Tensor) -> Tensor:
         """[M] box loss of matched pairs (``cxcywh`` input pixels): SAL-weighted or plain."""
-        return sal_box_loss(self.sal_params, _cxcywh_to_xyxy(pred), _cxcywh_to_xyxy(target),
+        return sal_box_loss(self.sal, _cxcywh_to_xyxy(pred), _cxcywh_to_xyxy(target),
                             batch_index, reduction="none")
 
     def match(self, outputs: List[Tensor], gt_instances: List[Instances]) -> Tuple[List[LevelMatches], Tensor]:
@@ -314,7 +274,8 @@ class YOLOv5Head(nn.Module):
         batch_all = torch.cat([m.batch_index for m in matches])
         per_match_box_loss = self._box_loss_per_match(pred_all, target_all, batch_all)
         with torch.no_grad():
-            quality = paired_iou(pred_all, target_all, complete=self.obj_target_complete_iou).clamp(min=0)
+            quality = paired_box_iou(pred_all, target_all, kind="ciou" if self.obj_target_complete_iou else "iou",
+                                     box_format="cxcywh").clamp(min=0)
         box_loss_by_level = per_match_box_loss.split([len(m) for m in matches])
         quality_by_level = quality.split([len(m) for m in matches])
 

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 from torch import Tensor
 
 from ..assigners.simota import AnchorPoints, make_anchor_points, simota_assign
-from ..layers import BaseConv, DWConv
+from ..layers import BaseConv, DWConv, convert_norm
 from ..losses import SALParams, check_finite_predictions, sal_box_loss
-from .build import YOLO_HEAD_REGISTRY
+from .build import YOLO_HEAD_REGISTRY, head_input_shapes
 
 __all__ = ["YOLOXHead", "YOLOXOutputs"]
 
@@ -59,18 +60,35 @@ class YOLOXOutputs:
 class YOLOXHead(nn.Module):
     """Decoupled YOLOX head; see the module docstring for the losses."""
 
-    def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
+    @configurable
+    def __init__(self, *, in_channels: Sequence[int], strides: Sequence[float], num_classes: int,
+                 hidden_channels: int, depthwise: bool = False, prior_prob: float = 0.01,
+                 assigner: str = "sparse", center_radius: float = 1.5, simota_topk: int = 10,
+                 iou_cost_weight: float = 3.0, sal: Optional[SALParams] = None, use_l1: bool = False,
+                 norm: str = "BN"):
+        """
+        Args:
+            in_channels, strides: per input level, in ``forward``'s order (finest first).
+            num_classes: number of classes C.
+            hidden_channels: width of the stems and branches (``HEAD_WIDTH * width multiplier``).
+            depthwise: depthwise-separable 3x3 convs (YOLOX-nano).
+            prior_prob: initial score of every class and objectness prediction.
+            assigner: SimOTA form, "sparse" (dense scenes) or "dense" (reference).
+            center_radius, simota_topk, iou_cost_weight: SimOTA's candidate radius (strides), top-k
+                for the dynamic k, and weight of the IoU cost.
+            sal: the box loss (default ``SALParams()``: SAL over 1 - IoU^2, alpha 5).
+            use_l1: add YOLOX's L1 term (the no-aug hook switches it on).
+            norm: "BN", or "SyncBN" to convert the head's BatchNorms (as ``convert_norm``).
+        """
         super().__init__()
-        self.in_features: List[str] = list(cfg.MODEL.YOLO.IN_FEATURES)
-        missing = [f for f in self.in_features if f not in input_shape]
-        if missing:
-            raise KeyError(f"MODEL.YOLO.IN_FEATURES names {missing}, which the backbone does not output "
-                           f"(it outputs {sorted(input_shape)})")
-        self.num_classes = int(cfg.MODEL.YOLO.NUM_CLASSES)
-        self.strides = [float(input_shape[f].stride) for f in self.in_features]
-        in_channels = [int(input_shape[f].channels) for f in self.in_features]
-        hidden = int(cfg.MODEL.YOLOX.HEAD_WIDTH * cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER)
-        conv = DWConv if cfg.MODEL.CSPDARKNET.DEPTHWISE else BaseConv
+        if len(in_channels) != len(strides):
+            raise ValueError(f"in_channels ({len(in_channels)}) and strides ({len(strides)}) need one entry per level")
+        if assigner not in ("sparse", "dense"):
+            raise ValueError(f"MODEL.YOLOX.ASSIGNER must be 'sparse' or 'dense', got {assigner!r}")
+        self.num_classes = int(num_classes)
+        self.strides = [float(s) for s in strides]
+        hidden = int(hidden_channels)
+        conv = DWConv if depthwise else BaseConv
 
         self.stems = nn.ModuleList([BaseConv(c, hidden, 1, 1) for c in in_channels])
         self.cls_convs = nn.ModuleList([nn.Sequential(conv(hidden, hidden, 3, 1), conv(hidden, hidden, 3, 1))
@@ -80,17 +98,37 @@ class YOLOXHead(nn.Module):
         self.cls_preds = nn.ModuleList([nn.Conv2d(hidden, self.num_classes, 1) for _ in in_channels])
         self.reg_preds = nn.ModuleList([nn.Conv2d(hidden, 4, 1) for _ in in_channels])
         self.obj_preds = nn.ModuleList([nn.Conv2d(hidden, 1, 1) for _ in in_channels])
-        self._init_prior_bias(float(cfg.MODEL.YOLOX.PRIOR_PROB))
+        self._init_prior_bias(float(prior_prob))
+        convert_norm(self, norm)
 
-        self.assigner = str(cfg.MODEL.YOLOX.ASSIGNER)
-        if self.assigner not in ("sparse", "dense"):
-            raise ValueError(f"MODEL.YOLOX.ASSIGNER must be 'sparse' or 'dense', got {self.assigner!r}")
-        self.center_radius = float(cfg.MODEL.YOLOX.CENTER_RADIUS)
-        self.simota_topk = int(cfg.MODEL.YOLOX.SIMOTA_TOPK)
-        self.iou_cost_weight = float(cfg.MODEL.YOLOX.IOU_COST_WEIGHT)
-        self.sal = SALParams.from_config(cfg)
-        self.use_l1 = bool(cfg.MODEL.YOLOX.USE_L1)
+        self.assigner = str(assigner)
+        self.center_radius = float(center_radius)
+        self.simota_topk = int(simota_topk)
+        self.iou_cost_weight = float(iou_cost_weight)
+        self.sal = sal if sal is not None else SALParams()
+        self.use_l1 = bool(use_l1)
         self._anchor_cache: Dict[Tuple, AnchorPoints] = {}
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
+        shapes = head_input_shapes(cfg, input_shape)
+        yolox = cfg.MODEL.YOLOX
+        return {
+            "in_channels": [int(s.channels) for s in shapes],
+            "strides": [float(s.stride) for s in shapes],
+            "num_classes": cfg.MODEL.YOLO.NUM_CLASSES,
+            # The official models share the backbone's width, depthwise convs and norm with the head.
+            "hidden_channels": int(yolox.HEAD_WIDTH * cfg.MODEL.CSPDARKNET.WIDTH_MULTIPLIER),
+            "depthwise": cfg.MODEL.CSPDARKNET.DEPTHWISE,
+            "norm": cfg.MODEL.CSPDARKNET.NORM,
+            "prior_prob": yolox.PRIOR_PROB,
+            "assigner": yolox.ASSIGNER,
+            "center_radius": yolox.CENTER_RADIUS,
+            "simota_topk": yolox.SIMOTA_TOPK,
+            "iou_cost_weight": yolox.IOU_COST_WEIGHT,
+            "sal": SALParams.from_config(cfg),
+            "use_l1": yolox.USE_L1,
+        }
 
     def _init_prior_bias(self, prior_prob: float) -> None:
         # Start every score at `prior_prob` so the many background anchors do not swamp the loss.
@@ -109,7 +147,7 @@ class YOLOXHead(nn.Module):
     def forward(self, features: List[Tensor]) -> YOLOXOutputs:
         """``features``: per level ``[N, C_l, H_l, W_l]`` in ``IN_FEATURES`` order."""
         if len(features) != len(self.stems):
-            raise ValueError(f"YOLOXHead expects {len(self.stems)} feature maps ({self.in_features}), "
+            raise ValueError(f"YOLOXHead expects {len(self.stems)} feature maps (MODEL.YOLO.IN_FEATURES), "
                              f"got {len(features)}")
         cls_all, reg_all, obj_all, sizes = [], [], [], []
         for level, x in enumerate(features):

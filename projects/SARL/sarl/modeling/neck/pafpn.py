@@ -24,12 +24,13 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
 from ..layers import BaseConv, CSPLayer, conv_block
 
-__all__ = ["YOLOPAFPN", "build_yolopafpn"]
+__all__ = ["YOLOPAFPN"]
 
 
 class YOLOPAFPN(Backbone):
@@ -47,6 +48,7 @@ class YOLOPAFPN(Backbone):
     deepest stride (``size_divisibility``) keep every level exactly twice the next.
     """
 
+    @configurable
     def __init__(self, bottom_up: Backbone, in_features: Sequence[str], depth_multiplier: float = 0.33,
                  depthwise: bool = False, use_p2: bool = False):
         super().__init__()
@@ -97,6 +99,14 @@ class YOLOPAFPN(Backbone):
         self._out_feature_strides = dict(zip(self._out_features, out_strides))
         self._size_divisibility = max(strides[-1], bottom_up.size_divisibility)
 
+    @classmethod
+    def from_config(cls, cfg, bottom_up: Backbone) -> dict:
+        """``MODEL.YOLOPAFPN``, with depth and depthwise from ``MODEL.CSPDARKNET`` (the official
+        models share them)."""
+        return {"bottom_up": bottom_up, "in_features": cfg.MODEL.YOLOPAFPN.IN_FEATURES,
+                "depth_multiplier": cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER,
+                "depthwise": cfg.MODEL.CSPDARKNET.DEPTHWISE, "use_p2": cfg.MODEL.YOLOPAFPN.USE_P2}
+
     @property
     def size_divisibility(self) -> int:
         return self._size_divisibility
@@ -129,11 +139,3 @@ class YOLOPAFPN(Backbone):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {name: ShapeSpec(channels=self._out_feature_channels[name],
                                 stride=self._out_feature_strides[name]) for name in self._out_features}
-
-
-def build_yolopafpn(cfg, bottom_up: Backbone) -> YOLOPAFPN:
-    """``YOLOPAFPN`` over ``bottom_up`` from ``cfg.MODEL.YOLOPAFPN`` (depth and depthwise from
-    ``cfg.MODEL.CSPDARKNET``, as the official models share them)."""
-    return YOLOPAFPN(bottom_up, in_features=cfg.MODEL.YOLOPAFPN.IN_FEATURES,
-                     depth_multiplier=cfg.MODEL.CSPDARKNET.DEPTH_MULTIPLIER,
-                     depthwise=cfg.MODEL.CSPDARKNET.DEPTHWISE, use_p2=cfg.MODEL.YOLOPAFPN.USE_P2)

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from tools.benchmarks.common import format_table, time_fn
+from .common import format_table, time_fn
 
 GT_COUNTS = (100, 500, 1500)
 QUICK_GT_COUNTS = (100, 1500)

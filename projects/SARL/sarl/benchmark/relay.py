@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import torch
 
-from tools.benchmarks.common import bound_ms, copy_bandwidth_gbps, format_table, time_fn
+from .common import bound_ms, copy_bandwidth_gbps, format_table, time_fn
 
 LEVELS = [(128, 80), (256, 40), (512, 20), (64, 160)]  # (channels, side) at width 0.5, 640 input
 

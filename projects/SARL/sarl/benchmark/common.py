@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks in tools/ (medians, bandwidth bound, tables, JSON).
+"""Timing helpers shared by the benchmarks (medians, bandwidth bound, tables, JSON).
 
 Machines are noisy: every figure is a median over repeats, and every result is reported as a
 ratio against references measured in the same run.

@@ -1,5 +1,6 @@
-// Argument parsing and checks of the SAL ops shared by the CPU and CUDA launchers (host only).
-// Errors are raised as ValueError / TypeError naming the argument (TORCH_CHECK_VALUE/_TYPE).
+// Argument parsing and checks of the SAL ops, shared by the CPU and CUDA launchers (host code
+// only): each launcher makes one call, check_loss_call or check_weights_call. Errors are raised
+// as ValueError / TypeError naming the argument (TORCH_CHECK_VALUE/_TYPE).
 #pragma once
 
 #include <string_view>
@@ -50,7 +51,7 @@ inline void check_boxes(const at::Tensor& t, const char* name) {
                    " must be float32 or float64 in the kernel, got ", t.scalar_type());
 }
 
-// Checks shared by both ops; returns the normalisation mode.
+// Checks of the weight arguments, shared by both ops; returns the normalisation mode.
 inline Normalize check_weight_args(const at::Tensor& target, const c10::optional<at::Tensor>& batch_index,
                                    std::string_view normalize, double area_lo, double area_hi) {
   check_boxes(target, "target");
@@ -71,8 +72,8 @@ inline Normalize check_weight_args(const at::Tensor& target, const c10::optional
   return norm;
 }
 
-// Checks of sal_loss's pred/target pair and optional per-box weight, shared by the CPU and CUDA
-// launchers (call after check_boxes(pred) and check_weight_args(target, ...)).
+// Checks of sal_loss's pred/target pair and optional per-box weight (run after check_boxes(pred)
+// and check_weight_args(target, ...)).
 inline void check_loss_args(const at::Tensor& pred, const at::Tensor& target,
                             const c10::optional<at::Tensor>& weight) {
   TORCH_CHECK_VALUE(pred.size(0) == target.size(0), "pred and target must have the same N, got ",
@@ -90,6 +91,51 @@ inline void check_loss_args(const at::Tensor& pred, const at::Tensor& target,
     TORCH_CHECK_VALUE(weight->device() == pred.device(), "weight must be on the device of pred (",
                       pred.device(), "), got ", weight->device());
   }
+}
+
+// sal_loss's string arguments, parsed.
+struct LossOptions {
+  BoxFormat box_format;
+  LossType loss_type;
+  Normalize normalize;
+  Reduction reduction;
+
+  // From the sum of the per-box losses to the returned loss: 1 / n for reduction="mean" over
+  // n > 0 boxes, else 1. The gradient is scaled by it too.
+  template <typename T>
+  T loss_scale(int64_t n) const {
+    return reduction == Reduction::kMean && n > 0 ? T(1) / static_cast<T>(n) : T(1);
+  }
+};
+
+// Every check of a sal_loss call, in the order its errors are reported; returns the parsed strings.
+inline LossOptions check_loss_call(const at::Tensor& pred, const at::Tensor& target,
+                                   const c10::optional<at::Tensor>& batch_index,
+                                   const c10::optional<at::Tensor>& weight, std::string_view box_format,
+                                   std::string_view loss_type, std::string_view normalize, double area_lo,
+                                   double area_hi, std::string_view reduction) {
+  check_boxes(pred, "pred");
+  const Normalize norm = check_weight_args(target, batch_index, normalize, area_lo, area_hi);
+  check_loss_args(pred, target, weight);
+  const BoxFormat fmt = parse_box_format(box_format);
+  const LossType type = parse_loss_type(loss_type);
+  const Reduction red = parse_reduction(reduction);
+  return LossOptions{fmt, type, norm, red};
+}
+
+// sal_weights's string arguments, parsed.
+struct WeightOptions {
+  BoxFormat box_format;
+  Normalize normalize;
+};
+
+// Every check of a sal_weights call, in the order its errors are reported.
+inline WeightOptions check_weights_call(const at::Tensor& target, const c10::optional<at::Tensor>& batch_index,
+                                        std::string_view box_format, std::string_view normalize, double area_lo,
+                                        double area_hi) {
+  const Normalize norm = check_weight_args(target, batch_index, normalize, area_lo, area_hi);
+  const BoxFormat fmt = parse_box_format(box_format);
+  return WeightOptions{fmt, norm};
 }
 
 }  // namespace sal

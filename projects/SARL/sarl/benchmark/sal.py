@@ -11,7 +11,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from tools.benchmarks.common import bound_ms, copy_bandwidth_gbps, format_table, time_fn
+from .common import bound_ms, copy_bandwidth_gbps, format_table, time_fn
 
 SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 100_000)
@@ -44,7 +44,7 @@ def run(device: str, args: argparse.Namespace) -> Dict[str, object]:
     import torchvision
 
     from sarl.ops import extension_available, scale_adaptive_iou_loss
-    from sarl.ops.sal_reference import DEFAULT_BETA, sal_loss_core
+    from sarl.ops.sal_reference import PAPER_SAL_BETA, sal_loss_core
 
     if not extension_available():
         print("[sal] WARNING: sarl._C is not built: 'fused' times the reference fallback")
@@ -56,7 +56,7 @@ def run(device: str, args: argparse.Namespace) -> Dict[str, object]:
         return scale_adaptive_iou_loss(p, t)
 
     def reference(p, t):
-        return sal_loss_core(p, t, beta=DEFAULT_BETA, loss_type="iou2", box_format="xyxy", normalize="batch",
+        return sal_loss_core(p, t, beta=PAPER_SAL_BETA, loss_type="iou2", box_format="xyxy", normalize="batch",
                              batch_index=None, area_lo=0.0, area_hi=0.0, weight=None, reduction="sum", eps=1e-7)
 
     def tv_ciou(p, t):

@@ -1,0 +1,72 @@
+"""Pictures of detections: boxes with class and score on the image, optionally over the ground truth."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List
+
+import cv2
+import numpy as np
+from detectron2.structures import Instances
+
+from .predictor import Predictor, read_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["draw", "draw_ground_truth", "draw_dataset_predictions"]
+
+# detectron2's Visualizer draws on a matplotlib canvas: several GB for a 10000 px image. Larger images get plain
+# OpenCV rectangles.
+VISUALIZER_MAX_SIDE = 4096
+
+
+def draw(image_bgr: np.ndarray, instances: Instances, metadata) -> np.ndarray:
+    """Boxes with class and score on a copy of ``image_bgr`` (HxWx3 uint8 BGR): detectron2's Visualizer, or plain
+    OpenCV rectangles for huge images."""
+    if max(image_bgr.shape[:2]) <= VISUALIZER_MAX_SIDE:
+        from detectron2.utils.visualizer import Visualizer
+
+        return Visualizer(image_bgr[:, :, ::-1], metadata, scale=1.0).draw_instance_predictions(instances) \
+            .get_image()[:, :, ::-1]
+    canvas = image_bgr.copy()
+    names = getattr(metadata, "thing_classes", None)
+    for box, score, cls in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
+                               instances.pred_classes.tolist()):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), (0, 255, 0), 2)
+        label = f"{names[cls] if names and cls < len(names) else cls} {score:.2f}"
+        cv2.putText(canvas, label, (x0, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+    return canvas
+
+
+def draw_ground_truth(image_bgr: np.ndarray, record: dict) -> np.ndarray:
+    """The annotations of a dataset dict (``bbox`` XYWH) as thin white rectangles on a copy of the image."""
+    canvas = image_bgr.copy()
+    for ann in record.get("annotations", []):
+        x, y, w, h = (int(round(v)) for v in ann["bbox"])
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (255, 255, 255), 1)
+    return canvas
+
+
+def draw_dataset_predictions(predictor: Predictor, dataset_name: str, out_dir: str, num_images: int, score: float,
+                             upscale: int = 2) -> List[str]:
+    """Predictions (green) over the ground truth (thin white) of the first ``num_images`` images of a registered
+    dataset, written as ``out_dir/<name>.jpg``; returns the paths. ``upscale``: small images with tiny objects are
+    enlarged so boxes and labels are legible."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    os.makedirs(out_dir, exist_ok=True)
+    metadata = MetadataCatalog.get(dataset_name)
+    paths = []
+    for record in DatasetCatalog.get(dataset_name)[:num_images]:
+        image = read_image(record["file_name"])
+        if image is None:
+            logger.warning(f"cannot read {record['file_name']}: skipped")
+            continue
+        instances = predictor.predict_instances(image)
+        vis = draw(draw_ground_truth(image, record), instances[instances.scores > score], metadata)
+        vis = cv2.resize(vis, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
+        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".jpg")
+        cv2.imwrite(path, vis)
+        paths.append(path)
+    return paths
