@@ -26,17 +26,20 @@ TORCH_LIBRARY(sarl, m) {
   // ---- SAL: scale-adaptive IoU loss (csrc/sal) -------------------------------------------
   // BEGIN SAL SCHEMAS
   // Loss of N box pairs with per-box weights beta * ln(2 - s_i) (s_i: normalised target area).
+  // weight_norm "none" (the paper) keeps them; "mean" divides each by the mean weight of its
+  // normalisation group (all N, or each image of batch_index for normalize="image").
   // Returns (loss, grad_pred): loss is [N] for reduction="none", else a scalar; grad_pred is
   // d(sum of the returned loss)/d pred ([N, 4], or [0, 4] when compute_grad is false), so the
   // backward only scales it by grad_output. Strings are parsed by the kernels (clear errors).
+  // Argument positions are constants in projects/SARL/sarl/ops/sal.py: keep them in step.
   m.def(
       "sal_loss(Tensor pred, Tensor target, Tensor? batch_index, Tensor? weight, str box_format, "
-      "str loss_type, str normalize, float beta, float area_lo, float area_hi, str reduction, "
-      "float eps, bool compute_grad) -> (Tensor, Tensor)");
+      "str loss_type, str normalize, str weight_norm, float beta, float area_lo, float area_hi, "
+      "str reduction, float eps, bool compute_grad) -> (Tensor, Tensor)");
   // The per-box weights alone ([N]), for inspection and for losses written elsewhere.
   m.def(
-      "sal_weights(Tensor target, Tensor? batch_index, str box_format, str normalize, float beta, "
-      "float area_lo, float area_hi) -> Tensor");
+      "sal_weights(Tensor target, Tensor? batch_index, str box_format, str normalize, str weight_norm, "
+      "float beta, float area_lo, float area_hi) -> Tensor");
   // END SAL SCHEMAS
 
   // ---- SARL relay: pooled descriptors and gate (csrc/relay) ------------------------------

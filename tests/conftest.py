@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -70,19 +71,20 @@ def _fixed_seeds():
     yield
 
 
+_PRISTINE_LOGGERS = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
+                     for n in ("sarl", "detectron2", "fvcore", "d2")}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_loggers():
     """Tests that run tools in-process call detectron2's ``setup_logger``, which gives the "sarl",
     "detectron2" and "fvcore" loggers handlers bound to that test's captured stdout and stops their
     propagation. Restore them after each test, so later tests' ``caplog`` sees their records and no
     handler writes to a closed stream."""
-    import logging
-
-    names = ("sarl", "detectron2", "fvcore", "d2")
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate,
-                 logging.getLogger(n).level) for n in names}
     yield
-    for name, (handlers, propagate, level) in saved.items():
+    # Back to the state before any test ran, not the one before this test: a module-scoped fixture that runs a
+    # tool would otherwise leave its setting in place for the rest of the session.
+    for name, (handlers, propagate, level) in _PRISTINE_LOGGERS.items():
         logger = logging.getLogger(name)
         logger.handlers[:] = handlers
         logger.propagate = propagate

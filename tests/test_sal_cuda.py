@@ -144,8 +144,8 @@ def test_cuda_side_stream():
 
 def test_cuda_opcheck():
     pred, target = adversarial_pairs(torch.float32)
-    args = (pred.cuda().requires_grad_(True), target.cuda(), None, None, "xyxy", "iou2", "batch", 2.885, 0.0, 0.0,
-            "sum", 1e-7, True)
+    args = (pred.cuda().requires_grad_(True), target.cuda(), None, None, "xyxy", "iou2", "batch", "none", 2.885, 0.0,
+            0.0, "sum", 1e-7, True)
     torch.library.opcheck(torch.ops.sarl.sal_loss.default, args)
 
 

@@ -1,8 +1,8 @@
 """Fused scale-adaptive IoU loss (sarl::sal_loss, sarl::sal_weights) against its pure-PyTorch reference.
 
 Covers values and gradients on random and adversarial boxes for every loss_type x normalize x
-box_format x reduction, gradcheck, opcheck, a hypothesis property, torch.compile, bad inputs,
-empty, non-contiguous and half-precision inputs.
+box_format x reduction, gradcheck, opcheck, a hypothesis property, torch.compile, empty,
+non-contiguous and half-precision inputs (bad inputs: test_sal_bad_inputs.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from sarl.ops.sal_reference import (
 )
 
 requires_extension = needs_extension(
-    "sarl._C with the SAL kernels", sarl.ops.extension_available() and hasattr(torch.ops.sarl, "sal_loss"))
+    "sarl._C with the SAL kernels of these sources", sarl.ops.extension_available() and sarl.ops.sal.kernels_available())
 
 TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 
@@ -176,25 +176,30 @@ def test_gradcheck(loss_type):
                                               batch_index=bi, reduction=reduction), (pred,))
 
 
-@requires_extension
-def test_opcheck():
+def opcheck_samples(weight_norm: str) -> list:
+    """Positional arguments of sarl::sal_loss for torch.library.opcheck: three option mixes."""
     pred, target = adversarial_pairs(torch.float64)
     n = pred.shape[0]
-    samples = [
-        (pred.clone().requires_grad_(True), target, None, None, "xyxy", "iou2", "batch", 2.885, 0.0, 0.0,
+    return [
+        (pred.clone().requires_grad_(True), target, None, None, "xyxy", "iou2", "batch", weight_norm, 2.885, 0.0, 0.0,
          "sum", 1e-7, True),
-        (pred.clone().requires_grad_(True), target, torch.arange(n) % 2, torch.rand(n, dtype=torch.float64),
-         "xyxy", "giou", "image", 1.0, 0.0, 0.0, "none", 1e-7, True),
-        (pred.float(), target.float(), None, None, "cxcywh", "ciou", "fixed", 1.0, 1.0, 100.0, "mean", 1e-7, False),
+        (pred.clone().requires_grad_(True), target, torch.arange(n) % 3, torch.rand(n, dtype=torch.float64),
+         "xyxy", "giou", "image", weight_norm, 1.0, 0.0, 0.0, "none", 1e-7, True),
+        (pred.float(), target.float(), None, None, "cxcywh", "ciou", "fixed", weight_norm, 1.0, 1.0, 100.0, "mean",
+         1e-7, False),
     ]
-    for args in samples:
-        torch.library.opcheck(torch.ops.sarl.sal_loss.default, args)
-    torch.library.opcheck(torch.ops.sarl.sal_weights.default, (target, None, "xyxy", "batch", 1.0, 0.0, 0.0))
 
 
 @requires_extension
-@settings(max_examples=25, deadline=None, derandomize=True)
-@given(
+def test_opcheck():
+    for args in opcheck_samples("none"):
+        torch.library.opcheck(torch.ops.sarl.sal_loss.default, args)
+    target = adversarial_pairs(torch.float64)[1]
+    torch.library.opcheck(torch.ops.sarl.sal_weights.default, (target, None, "xyxy", "batch", "none", 1.0, 0.0, 0.0))
+
+
+# The hypothesis cases of check_random_case (shared with tests/test_sal_weight_norm.py).
+random_cases = given(
     n=st.integers(0, 12),
     seed=st.integers(0, 2**16),
     scale=st.sampled_from([1e-2, 1.0, 300.0]),
@@ -202,18 +207,31 @@ def test_opcheck():
     normalize=st.sampled_from(NORMALIZE_MODES),
     reduction=st.sampled_from(REDUCTIONS),
 )
+
+
+@requires_extension
+@settings(max_examples=25, deadline=None, derandomize=True)
+@random_cases
 def test_property_op_equals_reference(n, seed, scale, loss_type, normalize, reduction):
+    check_random_case(n, seed, scale, loss_type, normalize, reduction, weight_norm="none")
+
+
+def check_random_case(n, seed, scale, loss_type, normalize, reduction, weight_norm):
+    """Op vs reference (values, gradients) on n random boxes with rounded coordinates: ties and touching edges
+    occur often."""
     g = torch.Generator().manual_seed(seed)
-    # Rounded coordinates: ties and touching edges occur often.
     target = (torch.rand(n, 4, generator=g, dtype=torch.float64) * 8).round() * scale
     pred = (torch.rand(n, 4, generator=g, dtype=torch.float64) * 8).round() * scale
-    kw = dict(loss_type=loss_type, normalize=normalize, reduction=reduction, **_options(normalize, n))
+    kw = dict(loss_type=loss_type, normalize=normalize, reduction=reduction, weight_norm=weight_norm,
+              **_options(normalize, n))
     if normalize == "image" and n:
         kw["batch_index"] = torch.randint(0, 3, (n,), generator=g)
     loss, grad = _loss_and_grad(scale_adaptive_iou_loss, pred, target, **kw)
     ref_loss, ref_grad = _loss_and_grad(scale_adaptive_iou_loss_reference, pred, target, **kw)
     torch.testing.assert_close(loss, ref_loss, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(grad, ref_grad, atol=1e-10, rtol=1e-10)
+    # Degenerate boxes can give gradients of 1e7 and more (eps-sized unions): rounding scales with them.
+    scale_of_grads = max(1.0, ref_grad.abs().max().item()) if n else 1.0
+    torch.testing.assert_close(grad, ref_grad, atol=1e-10 * scale_of_grads, rtol=1e-10)
 
 
 @requires_extension
@@ -326,59 +344,6 @@ def test_fallback_warns_once_and_matches_a_hand_computation(monkeypatch):
         got = scale_adaptive_iou_loss(pred, target, loss_type="giou", normalize="fixed", area_range=(0.0, 64.0),
                                       reduction="none")
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=0)
-
-
-_BOX = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]])
-
-BAD_INPUTS = [
-    (dict(pred=_BOX[:, :3]), ValueError, "pred must have shape"),
-    (dict(target=_BOX[0]), ValueError, "target must have shape"),
-    (dict(target=_BOX[:1]), ValueError, "same N"),
-    (dict(pred=_BOX.long()), TypeError, "pred must be a floating-point"),
-    (dict(target=_BOX.int()), TypeError, "target must be a floating-point"),
-    (dict(pred=_BOX.to("meta")), ValueError, "same device"),
-    (dict(loss_type="l1"), ValueError, "loss_type"),
-    (dict(normalize="global"), ValueError, "normalize"),
-    (dict(box_format="xywh"), ValueError, "box_format"),
-    (dict(reduction="max"), ValueError, "reduction"),
-    (dict(normalize="image"), ValueError, "batch_index is required"),
-    (dict(normalize="image", batch_index=torch.tensor([0])), ValueError, "batch_index must have shape"),
-    (dict(normalize="image", batch_index=torch.tensor([0.0, 1.0])), TypeError, "batch_index must be int64"),
-    (dict(normalize="image", batch_index=torch.tensor([0, -1])), ValueError, "batch_index must be >= 0"),
-    (dict(normalize="fixed"), ValueError, "area_range"),
-    (dict(normalize="fixed", area_range=(10.0, 10.0)), ValueError, "hi > lo"),
-    (dict(normalize="fixed", area_range=(1.0,)), ValueError, "area_range"),
-    (dict(target=torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, float("nan"), 3.0, 4.0]])), ValueError,
-     "target must be finite: row 1"),
-    (dict(target=torch.tensor([[0.0, 0.0, float("inf"), 2.0], [1.0, 1.0, 3.0, 4.0]])), ValueError,
-     "target must be finite: row 0"),
-    (dict(weight=torch.ones(3)), ValueError, "weight must have shape"),
-    (dict(beta=float("nan")), TypeError, "beta"),
-    (dict(eps=-1.0), ValueError, "eps"),
-]
-
-
-@pytest.mark.parametrize("fn", [scale_adaptive_iou_loss, scale_adaptive_iou_loss_reference])
-@pytest.mark.parametrize("bad,error,message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
-def test_bad_inputs_raise_clear_errors(fn, bad, error, message):
-    kwargs = dict(bad)
-    pred = kwargs.pop("pred", _BOX + 0.5)
-    target = kwargs.pop("target", _BOX)
-    with pytest.raises(error, match=message):
-        fn(pred, target, **kwargs)
-
-
-@requires_extension
-def test_kernel_rejects_bad_strings_and_shapes_directly():
-    """The C++ op checks its arguments too, for callers of torch.ops.sarl.sal_loss."""
-    op = torch.ops.sarl.sal_loss
-    base = [_BOX, _BOX, None, None, "xyxy", "iou2", "batch", 1.0, 0.0, 0.0, "sum", 1e-7, False]
-    for index, value, message in ((5, "l1", "loss_type"), (4, "xywh", "box_format"), (6, "x", "normalize"),
-                                  (10, "max", "reduction"), (0, _BOX[:, :2], "pred must have shape")):
-        args = list(base)
-        args[index] = value
-        with pytest.raises(ValueError, match=message):
-            op(*args)
 
 
 def test_degenerate_boxes_are_zero_area_not_errors():

@@ -148,9 +148,10 @@ def test_real_detector_through_the_slicer():
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 420).all() and (boxes[:, 3] <= 300).all()
 
 
-def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys):
+def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys, caplog):
     import importlib.util
     import json
+    import logging
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
@@ -163,6 +164,7 @@ def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys):
     cv2.imwrite(str(images / "big.png"), np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))
     cv2.imwrite(str(images / "small.png"), np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
     (images / "broken.png").write_bytes(b"not a png")
+    caplog.set_level(logging.INFO, logger="sarl")
     status = predict.main([
         "--config-file", str(repo / "configs" / "demo" / "sarl_yolox_synthetic.yaml"), "--input", str(images),
         "--output", str(tmp_path / "out"), "--slice", "96", "--overlap", "0.2", "--batch", "2", "--vis-score", "0.0",
@@ -170,8 +172,9 @@ def test_predict_tool_folder_with_unreadable_image(tmp_path, capsys):
         "MODEL.YOLO.SCORE_THRESH_TEST", "0.005", "TEST.DETECTIONS_PER_IMAGE", "20",
     ])
     assert status == 0
-    out = capsys.readouterr().out
-    assert "2 images predicted, 1 unreadable skipped" in out
+    out = capsys.readouterr().out + caplog.text  # the "sarl" logger reaches stdout or caplog (cached set-up)
+    assert "2 images predicted (1 tiled, 1 whole), 1 unreadable skipped" in out
+    assert "small.png (80x60) is not larger than the slice size 96 px" in out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["image_id"] for r in results} <= {"big.png", "small.png"}
     for r in results:

@@ -264,3 +264,31 @@ def test_head_alone_learns_boxes_on_fixed_features():
     first, last = history[0], history[-1]
     assert sum(last.values()) < 0.5 * sum(first.values())
     assert isinstance(head(feats), YOLOXOutputs)
+
+
+def test_per_object_sal_gets_object_ids_unique_over_the_batch(monkeypatch):
+    """MODEL.SAL.PER_OBJECT (this project's option): the head hands the loss each foreground pair's GT as an id
+    unique over the batch (image 0: 0, 1; image 1: 2) whose box is the pair's target; the big GT takes 2 anchors
+    here, so counting objects instead of anchors changes the mean weight of WEIGHT_NORM "mean" and loss_box."""
+    import sarl.modeling.heads.yolox_head as yolox_module
+
+    seen = {}
+    real_loss = yolox_module.sal_box_loss
+
+    def spy(params, pred, target, batch_index=None, **kwargs):
+        seen.update(target=target, batch_index=batch_index, gt_index=kwargs["gt_index"])
+        return real_loss(params, pred, target, batch_index, **kwargs)
+
+    monkeypatch.setattr(yolox_module, "sal_box_loss", spy)
+    sal = {"MODEL.SAL.ENABLED": True, "MODEL.SAL.WEIGHT_NORM": "mean"}
+    head = build_head(**sal, **{"MODEL.SAL.PER_OBJECT": True})
+    out = head(features())
+    boxes = [[4, 6, 40, 44], [44, 40, 52, 52], [30, 5, 36, 11]]
+    gts = [instances(boxes[:2], [0, 2]), instances(boxes[2:], [1])]
+    per_object = head.losses(out, gts)["loss_box"]
+    gt_index = seen["gt_index"]
+    assert sorted(set(gt_index.tolist())) == [0, 1, 2] and int(torch.bincount(gt_index).max()) >= 2
+    torch.testing.assert_close(seen["target"], torch.tensor(boxes, dtype=torch.float32)[gt_index])
+    assert torch.equal(seen["batch_index"], (gt_index == 2).long())
+    per_anchor = build_head(**sal).losses(out, gts)["loss_box"]
+    assert not torch.allclose(per_object, per_anchor)

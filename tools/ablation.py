@@ -8,6 +8,14 @@ Cells, for each detector (YOLOX anchor-free, YOLOv5 anchor-based):
     +SARL +SAL          both on (beta 2/ln2)
 and for the beta table (Table VII; YOLOX by default): both on with beta in {1, 1/ln2} (2/ln2 is the cell above).
 
+``--variants`` adds this project's rows, each differing from one cell above by one setting (SARL off):
+    loss_parts   YOLOv5, where switching SAL on changes three things: base_iou2 (base loss 1 - IoU^2), obj_iou
+                 (objectness target IoU), sal_ciou (SAL weight on CIoU), each vs baseline; iou2_obj_iou (vs +SAL:
+                 everything but the SAL weight)
+    weight_norm  sal_mean: SAL with MODEL.SAL.WEIGHT_NORM mean (loss scale of the unweighted loss), vs +SAL
+    per_object   sal_mean_per_object: as sal_mean with MODEL.SAL.PER_OBJECT (each GT counts once), vs sal_mean
+``--dry-run`` lists the rows (settings, and what each one-change row differs in) and the command of every run.
+
 Every cell trains with ``tools/train_net.py`` once per seed, each run in its own process and folder
 (``<output>/<detector>/<cell>/seed<k>``), all with the same budget, then is scored by the AI-TOD evaluator.
 The tables give the mean over the seeds and, with more than one seed, the spread (max - min) of AP, so a
@@ -19,6 +27,7 @@ once (on a CPU each gets cores/N threads). It writes ``<output>/ablation.md`` (t
     python tools/ablation.py                                   # synthetic_tiny, demo-sized budget
     python tools/ablation.py --seeds 0,1 --jobs 2 --epochs 8 --no-aug-epochs 2
     python tools/ablation.py --epochs 30 --detectors yolox
+    python tools/ablation.py --variants loss_parts,weight_norm,per_object --dry-run
     python tools/ablation.py --train aitod_trainval --test aitod_test --num-classes 8 --img-size 800 \
         --width 0.5 --epochs 36 --ims-per-batch 16 --num-gpus 2
 """
@@ -30,7 +39,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from sarl.benchmark.ablation import BASE_CONFIGS, grid, run_cell
+from sarl.benchmark.ablation import BASE_CONFIGS, VARIANTS, describe_cell, grid, run_cell
 from sarl.benchmark.ablation_report import bar_chart, markdown_tables, mean_over_seeds
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -64,6 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every cell is trained once per seed")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (CPU; each gets cores/jobs "
                    "threads)")
+    p.add_argument("--variants", default="", help=f"comma-separated extra one-change rows: {', '.join(VARIANTS)}")
     p.add_argument("--only", default="", help="comma-separated cell names to run (default: the whole grid)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides for every cell")
@@ -89,10 +99,19 @@ def main(argv=None) -> int:
         # Concurrent runs would all claim the same --num-gpus devices.
         print("error: --jobs > 1 is for CPU runs; on GPUs run one cell at a time with --num-gpus", file=sys.stderr)
         return 2
-    cells = grid(detectors, [d.strip() for d in args.beta_detectors.split(",")])
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: --variants: unknown {unknown} (known: {', '.join(VARIANTS)})", file=sys.stderr)
+        return 2
+    cells = grid(detectors, [d.strip() for d in args.beta_detectors.split(",")], variants)
     if args.only:
         wanted = {c.strip() for c in args.only.split(",")}
         cells = [c for c in cells if c["cell"] in wanted]
+    if args.dry_run:
+        print(f"[ablation] {len(cells)} rows:")
+        for cell in cells:
+            print(f"  {describe_cell(cell)}")
     runs = [(cell, seed) for seed in args.seed_list for cell in cells]
     try:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:

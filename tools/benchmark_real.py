@@ -43,7 +43,7 @@ from sarl.benchmark.real_common import log
 from sarl.benchmark.real_ours import run_ours
 from sarl.benchmark.real_peer import prepare_peer, run_peer
 from sarl.benchmark.real_report import ratios, report_table, versions
-from sarl.config import UserError
+from sarl.config import UserError, run_reporting_user_errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/kit_ais/sarl_yolox_kit_cpu.yaml"
@@ -107,15 +107,8 @@ def read_previous(path: str) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        validate(args)
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+    return run_reporting_user_errors(lambda: validate(args) or run(args),
+                                     failures=(RuntimeError, subprocess.CalledProcessError))
 
 
 def run(args: argparse.Namespace) -> int:

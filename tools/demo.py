@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     print(format_aitod_table(metrics), flush=True)
 
     print("[demo] 5/5 pictures and curves", flush=True)
-    predictor = Predictor.from_cfg(cfg, model=trainer.eval_model)
+    # The names the checkpoints store (the training set's), as prediction from model_final.pth would use.
+    predictor = Predictor.from_cfg(cfg, model=trainer.eval_model, class_names=trainer.checkpointer.class_names or None)
     pictures = draw_dataset_predictions(predictor, val_name, os.path.join(args.output, "predictions"), args.num_vis,
                                         args.vis_score)
     curve = plot_curves(os.path.join(args.output, "metrics.json"), os.path.join(args.output, "curves.png"),

@@ -5,25 +5,34 @@
     python tools/train_net.py --config-file ... --resume                      # continue output_dir/last_checkpoint
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu # 2 CPU processes (Gloo)
+    python tools/train_net.py --config-file ... DATASETS.TRAIN coco:ann.json:images MODEL.YOLO.NUM_CLASSES 0
+    python tools/train_net.py --list-datasets                                  # registered names, class counts
 
 ``--num-gpus N`` starts N processes with DDP (NCCL on GPUs, Gloo on CPU, chosen by detectron2's ``launch``);
-``--num-machines/--machine-rank/--dist-url`` span machines. A wrong config key, a missing dataset or a malformed
-dataset file stops with one line naming it (``SARL_DEBUG=1`` shows the traceback).
+``--num-machines/--machine-rank/--dist-url`` span machines. Datasets named ``coco:ANN.json:IMAGE_DIR`` or
+``yolo:DIR`` are read from those paths (``sarl.data.datasets.own_data``). A wrong config key, an unknown or empty
+dataset, a malformed dataset file, a class count that does not match the data, a missing ``MODEL.WEIGHTS`` file or
+``--eval-only`` without one stops with one line naming it, exit status 2 (``SARL_DEBUG=1`` shows the traceback).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
-import torch
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+# fvcore scripts a loss with torch.jit at import, which recent torch flags as deprecated: two lines of noise on
+# stderr before every error message, nothing the user can act on.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-from sarl.config import UserError, load_config
+import torch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from sarl.config import UserError, load_config  # noqa: E402
 
 logger = logging.getLogger("sarl.train_net")
 
@@ -31,6 +40,9 @@ logger = logging.getLogger("sarl.train_net")
 def setup(args) -> Any:
     """Config from ``--config-file`` and the trailing ``KEY VALUE`` overrides; frozen; logging set up."""
     cfg = load_config(args.config_file, args.opts)
+    # default_setup's environment report imports torch.utils.cpp_extension, which warns on stderr when no CUDA
+    # runtime is found: noise (nothing is compiled here) that would precede a one-line error.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sarl")
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
@@ -40,18 +52,25 @@ def setup(args) -> Any:
     return cfg
 
 
-def check_datasets(cfg, eval_only: bool) -> None:
-    """Every dataset named in the config must be registered (importing ``sarl.data`` registers ours)."""
-    import sarl.data  # noqa: F401
-    from detectron2.data import DatasetCatalog
+def check_inputs(cfg, args) -> None:
+    """What can be checked before processes start: dataset names, class count, checkpoint file."""
+    from sarl.data import check_dataset_names, check_num_classes
+    from sarl.engine.trainer import check_model_weights
 
-    known = set(DatasetCatalog.list())
-    names = [("DATASETS.TEST", n) for n in cfg.DATASETS.TEST]
-    if not eval_only:
-        names = [("DATASETS.TRAIN", n) for n in cfg.DATASETS.TRAIN] + names
-    for key, name in names:
-        if name not in known:
-            raise UserError(f"{key}: dataset '{name}' is not registered (known: {', '.join(sorted(known))})")
+    check_dataset_names(cfg, args.eval_only)
+    check_num_classes(cfg, args.eval_only)
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise UserError("--eval-only scores the checkpoint in MODEL.WEIGHTS, which is empty: add "
+                        "MODEL.WEIGHTS path/to/model_final.pth")
+    check_model_weights(cfg, resume=args.resume and not args.eval_only)
+
+
+def print_datasets() -> None:
+    """``--list-datasets``: every registered name with its class count."""
+    from sarl.data.catalog import registered_datasets
+
+    for name, num_classes in registered_datasets():
+        print(f"{name}  {num_classes if num_classes else '?'} classes")
 
 
 def main(args) -> Any:
@@ -60,9 +79,15 @@ def main(args) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = YOLOTrainer.build_model(cfg)
+        from sarl.checkpoint import checkpoint_class_names
         from sarl.engine import load_inference_weights
 
-        load_inference_weights(model, cfg.MODEL.WEIGHTS)
+        trained_names = checkpoint_class_names(load_inference_weights(model, cfg.MODEL.WEIGHTS))
+        if trained_names and len(trained_names) != cfg.MODEL.YOLO.NUM_CLASSES:
+            # Its class layers were skipped (shape mismatch): scoring would score random class outputs.
+            raise UserError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} was trained for {len(trained_names)} classes but "
+                            f"MODEL.YOLO.NUM_CLASSES is {cfg.MODEL.YOLO.NUM_CLASSES}: evaluate with the config it "
+                            f"was trained with")
         results = YOLOTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -90,11 +115,18 @@ def guarded_main(args) -> Any:
 
 
 def run(argv=None) -> int:
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument("--list-datasets", action="store_true", help="print the registered dataset names and exit")
+    args = parser.parse_args(argv)
+    if args.list_datasets:
+        import sarl.data  # noqa: F401  (registers the datasets)
+
+        print_datasets()
+        return 0
     try:
         # Validate before spawning processes, so a typo costs one line, not N tracebacks.
         cfg = load_config(args.config_file, args.opts)
-        check_datasets(cfg, args.eval_only)
+        check_inputs(cfg, args)
     except _user_errors() as e:
         if os.environ.get("SARL_DEBUG"):
             raise

@@ -37,6 +37,12 @@ inline Normalize parse_normalize(std::string_view s) {
                     std::string(s), "'");
 }
 
+inline WeightNorm parse_weight_norm(std::string_view s) {
+  if (s == "none") return WeightNorm::kNone;
+  if (s == "mean") return WeightNorm::kMean;
+  TORCH_CHECK_VALUE(false, "weight_norm must be 'none' or 'mean', got '", std::string(s), "'");
+}
+
 inline Reduction parse_reduction(std::string_view s) {
   if (s == "none") return Reduction::kNone;
   if (s == "sum") return Reduction::kSum;
@@ -98,6 +104,7 @@ struct LossOptions {
   BoxFormat box_format;
   LossType loss_type;
   Normalize normalize;
+  WeightNorm weight_norm;
   Reduction reduction;
 
   // From the sum of the per-box losses to the returned loss: 1 / n for reduction="mean" over
@@ -112,30 +119,34 @@ struct LossOptions {
 inline LossOptions check_loss_call(const at::Tensor& pred, const at::Tensor& target,
                                    const c10::optional<at::Tensor>& batch_index,
                                    const c10::optional<at::Tensor>& weight, std::string_view box_format,
-                                   std::string_view loss_type, std::string_view normalize, double area_lo,
-                                   double area_hi, std::string_view reduction) {
+                                   std::string_view loss_type, std::string_view normalize,
+                                   std::string_view weight_norm, double area_lo, double area_hi,
+                                   std::string_view reduction) {
   check_boxes(pred, "pred");
   const Normalize norm = check_weight_args(target, batch_index, normalize, area_lo, area_hi);
+  const WeightNorm wnorm = parse_weight_norm(weight_norm);
   check_loss_args(pred, target, weight);
   const BoxFormat fmt = parse_box_format(box_format);
   const LossType type = parse_loss_type(loss_type);
   const Reduction red = parse_reduction(reduction);
-  return LossOptions{fmt, type, norm, red};
+  return LossOptions{fmt, type, norm, wnorm, red};
 }
 
 // sal_weights's string arguments, parsed.
 struct WeightOptions {
   BoxFormat box_format;
   Normalize normalize;
+  WeightNorm weight_norm;
 };
 
 // Every check of a sal_weights call, in the order its errors are reported.
 inline WeightOptions check_weights_call(const at::Tensor& target, const c10::optional<at::Tensor>& batch_index,
-                                        std::string_view box_format, std::string_view normalize, double area_lo,
-                                        double area_hi) {
+                                        std::string_view box_format, std::string_view normalize,
+                                        std::string_view weight_norm, double area_lo, double area_hi) {
   const Normalize norm = check_weight_args(target, batch_index, normalize, area_lo, area_hi);
+  const WeightNorm wnorm = parse_weight_norm(weight_norm);
   const BoxFormat fmt = parse_box_format(box_format);
-  return WeightOptions{fmt, norm};
+  return WeightOptions{fmt, norm, wnorm};
 }
 
 }  // namespace sal

@@ -1,8 +1,9 @@
 // CPU kernels of the scale-adaptive IoU loss: sarl::sal_loss and sarl::sal_weights.
 //
-// sal_loss makes at most two passes over the boxes: a min/max reduction of the target areas
-// (normalize="batch"/"image"), then one pass that computes each box's weight, loss and, when
-// asked, d loss / d pred (so the backward only scales it). Sums are taken per fixed chunk of
+// sal_loss makes at most three passes over the boxes: a min/max reduction of the target areas
+// (normalize="batch"/"image"), with weight_norm="mean" a sum of the weights per group, then one
+// pass that computes each box's weight, loss and, when asked, d loss / d pred (so the backward
+// only scales it). Sums are taken per fixed chunk of
 // boxes and then added in chunk order, so results do not depend on the number of threads.
 #include <algorithm>
 #include <limits>
@@ -36,10 +37,12 @@ static_assert(kChunk % kBlock == 0, "chunks are whole blocks");
 
 inline int64_t num_chunks(int64_t n) { return ceil_div(n, kChunk); }
 
-// Per-group [lo, hi] of target areas (G = 1 for "batch" and "fixed", number of images for "image").
+// Per-group [lo, hi] of target areas (G = 1 for "batch" and "fixed", number of images for "image"),
+// and with weight_norm="mean" each group's divisor (empty otherwise: the weights are not divided).
 template <typename T>
 struct Ranges {
   std::vector<T> lo, hi;
+  std::vector<T> divisor;
 };
 
 // Min and max of the target areas of boxes [begin, end): per-lane accumulators over blocks of
@@ -121,12 +124,52 @@ Ranges<T> area_ranges(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, co
   return r;
 }
 
+// weight_norm="mean": fills r.divisor with each group's mean weight (see mean_weight_divisor). Rows
+// with a non-finite target (the call fails on them anyway) and NaN weights (an area that overflows)
+// count in no mean. "batch"/"fixed": sums per chunk in parallel, added in chunk order (the result
+// does not depend on the number of threads); "image": one serial pass (groups are few).
+template <typename T>
+void mean_weight_divisors(const T* tgt, int64_t n, BoxFormat fmt, Normalize norm, const int64_t* bidx, T beta,
+                          Ranges<T>& r) {
+  if (norm == Normalize::kNone) return;  // every weight is 1: the mean divides nothing
+  const size_t groups = r.lo.size();
+  std::vector<double> sum(groups, 0.0), count(groups, 0.0);
+  // Adds box i's weight (group g) to (s, c) when it counts.
+  auto add_weight = [&](int64_t i, int64_t g, double& s, double& c) {
+    const T* box = tgt + 4 * i;
+    if (!box_finite(box)) return;
+    const T w = scale_weight(box_area(box, fmt), r.lo[g], r.hi[g], beta);
+    if (w != w) return;
+    s += static_cast<double>(w);
+    c += 1.0;
+  };
+  if (norm == Normalize::kImage) {
+    for (int64_t i = 0; i < n; ++i) add_weight(i, bidx[i], sum[bidx[i]], count[bidx[i]]);
+  } else if (n > 0) {
+    const int64_t nc = num_chunks(n);
+    std::vector<double> chunk_sum(nc, 0.0), chunk_count(nc, 0.0);
+    at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        const int64_t end = std::min(n, (c + 1) * kChunk);
+        for (int64_t i = c * kChunk; i < end; ++i) add_weight(i, 0, chunk_sum[c], chunk_count[c]);
+      }
+    });
+    for (int64_t c = 0; c < nc; ++c) {
+      sum[0] += chunk_sum[c];
+      count[0] += chunk_count[c];
+    }
+  }
+  r.divisor.resize(groups);
+  for (size_t g = 0; g < groups; ++g) r.divisor[g] = static_cast<T>(mean_weight_divisor(sum[g], count[g]));
+}
+
 template <typename T>
 inline T box_weight(const T* tgt_box, int64_t i, BoxFormat fmt, Normalize norm, const int64_t* bidx,
                     const Ranges<T>& r, T beta) {
   if (norm == Normalize::kNone) return T(1);
   const int64_t g = norm == Normalize::kImage ? bidx[i] : 0;
-  return scale_weight(box_area(tgt_box, fmt), r.lo[g], r.hi[g], beta);
+  const T w = scale_weight(box_area(tgt_box, fmt), r.lo[g], r.hi[g], beta);
+  return r.divisor.empty() ? w : w / r.divisor[g];
 }
 
 void raise_first_non_finite(const std::vector<int64_t>& bad) {
@@ -149,8 +192,8 @@ struct LossArgs {
   T* loss_out;  // [N] for reduction="none", else nullptr
 };
 
-// Weights W[j] of the boxes b0 .. b0+m whose target numbers are in Q (struct of arrays), times
-// the user's per-box weight; F[j] is 0, or NaN when the box has a non-finite coordinate.
+// Weights W[j] of the boxes b0 .. b0+m whose target numbers are in Q (struct of arrays), divided by
+// their group's mean weight (weight_norm="mean"), times the user's per-box weight; F[j] is 0, or NaN when the box has a non-finite coordinate.
 template <BoxFormat kFmt, typename T>
 inline void block_weights(const T (&Q)[4][kBlock], int m, int64_t b0, Normalize norm, const Ranges<T>& r,
                           const int64_t* bidx, const T* weight, T beta, T (&W)[kBlock], T (&F)[kBlock]) {
@@ -172,6 +215,14 @@ inline void block_weights(const T (&Q)[4][kBlock], int m, int64_t b0, Normalize 
         const Box<T> c = corners<kFmt>(Box<T>{Q[0][j], Q[1][j], Q[2][j], Q[3][j]});
         W[j] = scale_weight(clamp_min0(c.x2 - c.x1) * clamp_min0(c.y2 - c.y1), lo, hi, beta);
       }
+    }
+  }
+  if (!r.divisor.empty()) {  // weight_norm="mean" (never with normalize="none")
+    if (norm == Normalize::kImage) {
+      for (int j = 0; j < m; ++j) W[j] /= r.divisor[bidx[b0 + j]];
+    } else {
+      const T d = r.divisor[0];
+      for (int j = 0; j < m; ++j) W[j] /= d;
     }
   }
   if (weight != nullptr) {
@@ -252,9 +303,10 @@ void dispatch_loss(LossType type, BoxFormat fmt, bool grad, F&& f) {
 }
 
 at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
-                           c10::string_view box_format, c10::string_view normalize, double beta,
-                           double area_lo, double area_hi) {
-  const WeightOptions options = check_weights_call(target_in, batch_index, box_format, normalize, area_lo, area_hi);
+                           c10::string_view box_format, c10::string_view normalize, c10::string_view weight_norm,
+                           double beta, double area_lo, double area_hi) {
+  const WeightOptions options =
+      check_weights_call(target_in, batch_index, box_format, normalize, weight_norm, area_lo, area_hi);
   const BoxFormat fmt = options.box_format;
   const Normalize norm = options.normalize;
   const WeightTensors tensors = weight_tensors(target_in, batch_index, options);
@@ -273,8 +325,9 @@ at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::
       }
     });
     raise_first_non_finite(bad);
-    const Ranges<scalar_t> r = area_ranges(tgt, n, fmt, norm, bidx, area_lo, area_hi);
+    Ranges<scalar_t> r = area_ranges(tgt, n, fmt, norm, bidx, area_lo, area_hi);
     const scalar_t b = static_cast<scalar_t>(beta);
+    if (options.weight_norm == WeightNorm::kMean) mean_weight_divisors(tgt, n, fmt, norm, bidx, b, r);
     at::parallel_for(0, n, kChunk, [&](int64_t ib, int64_t ie) {
       for (int64_t i = ib; i < ie; ++i) w[i] = box_weight(tgt + 4 * i, i, fmt, norm, bidx, r, b);
     });
@@ -285,10 +338,10 @@ at::Tensor sal_weights_cpu(const at::Tensor& target_in, const c10::optional<at::
 std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
     const c10::optional<at::Tensor>& weight, c10::string_view box_format, c10::string_view loss_type,
-    c10::string_view normalize, double beta, double area_lo, double area_hi, c10::string_view reduction,
-    double eps, bool compute_grad) {
+    c10::string_view normalize, c10::string_view weight_norm, double beta, double area_lo, double area_hi,
+    c10::string_view reduction, double eps, bool compute_grad) {
   const LossOptions options = check_loss_call(pred_in, target_in, batch_index, weight, box_format, loss_type,
-                                              normalize, area_lo, area_hi, reduction);
+                                              normalize, weight_norm, area_lo, area_hi, reduction);
   const BoxFormat fmt = options.box_format;
   const LossType type = options.loss_type;
   const Normalize norm = options.normalize;
@@ -305,8 +358,9 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cpu(
     const int64_t* bidx = tensors.batch_index.defined() ? tensors.batch_index.data_ptr<int64_t>() : nullptr;
     scalar_t* g = compute_grad ? tensors.grad.data_ptr<scalar_t>() : nullptr;
     scalar_t* out = red == Reduction::kNone ? loss.data_ptr<scalar_t>() : nullptr;
-    const Ranges<scalar_t> r = area_ranges(t, n, fmt, norm, bidx, area_lo, area_hi);
+    Ranges<scalar_t> r = area_ranges(t, n, fmt, norm, bidx, area_lo, area_hi);
     const scalar_t b = static_cast<scalar_t>(beta);
+    if (options.weight_norm == WeightNorm::kMean) mean_weight_divisors(t, n, fmt, norm, bidx, b, r);
     const scalar_t e = static_cast<scalar_t>(eps);
     const scalar_t grad_scale = options.loss_scale<scalar_t>(n);
 

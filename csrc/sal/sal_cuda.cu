@@ -5,6 +5,10 @@
 //      then one atomicMin/atomicMax per block on the float's bit pattern (areas are >= 0, so their
 //      IEEE bits order like integers; a NaN area is skipped, as on the CPU). normalize="image":
 //      per-box atomics into per-image slots.
+//   1b. weight_norm="mean": each group's weight sum and count. "batch"/"fixed": per-block partial
+//      sums, added by a single block in a fixed order (deterministic); "image": per-box double
+//      atomics into per-image slots (the order of the additions may change the last bits of a
+//      float64 result from run to run). Then each group's divisor (its mean weight) on the device.
 //   2. one grid-stride pass: weight, loss and d loss/d pred per box; the loss sum is reduced per
 //      block into a partial buffer, and
 //   3. a single block adds the partials in a fixed order (deterministic result).
@@ -16,6 +20,7 @@
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
+#include <ATen/cuda/Atomic.cuh>
 #include <torch/library.h>
 
 #include <limits>
@@ -101,10 +106,12 @@ struct WeightParams {
   const typename OrderedBits<T>::type* range_bits;  // [2] for "batch", [2 * groups] for "image"
   const int64_t* bidx;
   int64_t groups;
+  const T* divisor;  // weight_norm="mean": [groups] mean weights (after pass 1b); else nullptr
 };
 
+// The SAL weight of box i before weight_norm (beta * ln(2 - s_i)).
 template <typename T>
-__device__ T box_weight(const T* tgt_box, int64_t i, const WeightParams<T>& wp) {
+__device__ T raw_box_weight(const T* tgt_box, int64_t i, const WeightParams<T>& wp) {
   switch (wp.norm) {
     case Normalize::kNone:
       return T(1);
@@ -119,6 +126,73 @@ __device__ T box_weight(const T* tgt_box, int64_t i, const WeightParams<T>& wp) 
                           OrderedBits<T>::decode(wp.range_bits[wp.groups + g]), wp.beta);
     }
   }
+}
+
+// The weight of box i, divided by its group's mean weight with weight_norm="mean".
+template <typename T>
+__device__ T box_weight(const T* tgt_box, int64_t i, const WeightParams<T>& wp) {
+  const T w = raw_box_weight(tgt_box, i, wp);
+  if (wp.divisor == nullptr) return w;
+  return w / wp.divisor[wp.norm == Normalize::kImage ? wp.bidx[i] : 0];
+}
+
+// Pass 1b, "batch"/"fixed": each block's sum and count of the weights that count in the mean
+// (finite target, weight not NaN), into partial[block] and partial[blocks + block].
+template <typename T>
+__global__ void weight_sum_partials_kernel(const T* __restrict__ tgt, int64_t n, WeightParams<T> wp,
+                                           double* __restrict__ partial) {
+  __shared__ double shared[kWarpsPerBlock];
+  double sum = 0.0, count = 0.0;
+  SARL_CUDA_1D_KERNEL_LOOP(i, n) {
+    const T* tb = tgt + 4 * i;
+    if (!box_finite(tb)) continue;
+    const T w = raw_box_weight(tb, i, wp);
+    if (w != w) continue;
+    sum += static_cast<double>(w);
+    count += 1.0;
+  }
+  sum = block_reduce(sum, shared, [](double a, double b) { return a + b; }, 0.0);
+  count = block_reduce(count, shared, [](double a, double b) { return a + b; }, 0.0);
+  if (threadIdx.x == 0) {
+    partial[blockIdx.x] = sum;
+    partial[gridDim.x + blockIdx.x] = count;
+  }
+}
+
+// One block adds the per-block sums and counts in a fixed order and writes the divisor of group 0.
+template <typename T>
+__global__ void batch_weight_divisor_kernel(const double* __restrict__ partial, int num_partials,
+                                            T* __restrict__ divisor) {
+  __shared__ double shared[kWarpsPerBlock];
+  double sum = 0.0, count = 0.0;
+  for (int i = threadIdx.x; i < num_partials; i += blockDim.x) {
+    sum += partial[i];
+    count += partial[num_partials + i];
+  }
+  sum = block_reduce(sum, shared, [](double a, double b) { return a + b; }, 0.0);
+  count = block_reduce(count, shared, [](double a, double b) { return a + b; }, 0.0);
+  if (threadIdx.x == 0) divisor[0] = static_cast<T>(mean_weight_divisor(sum, count));
+}
+
+// Pass 1b, "image": per-box atomics into sums[g] and counts[g] = sums[groups + g].
+template <typename T>
+__global__ void image_weight_sum_kernel(const T* __restrict__ tgt, int64_t n, WeightParams<T> wp,
+                                        double* __restrict__ sums) {
+  SARL_CUDA_1D_KERNEL_LOOP(i, n) {
+    const T* tb = tgt + 4 * i;
+    if (!box_finite(tb)) continue;
+    const T w = raw_box_weight(tb, i, wp);
+    if (w != w) continue;
+    const int64_t g = wp.bidx[i];
+    gpuAtomicAdd(&sums[g], static_cast<double>(w));
+    gpuAtomicAdd(&sums[wp.groups + g], 1.0);
+  }
+}
+
+template <typename T>
+__global__ void image_weight_divisor_kernel(const double* __restrict__ sums, int64_t groups,
+                                            T* __restrict__ divisor) {
+  SARL_CUDA_1D_KERNEL_LOOP(g, groups) divisor[g] = static_cast<T>(mean_weight_divisor(sums[g], sums[groups + g]));
 }
 
 template <typename T, typename AccT>
@@ -210,16 +284,51 @@ at::Tensor area_range_bits(const at::Tensor& target, const at::Tensor& bidx, Nor
   return bits;
 }
 
-// The per-box weight's parameters. For "batch"/"image" they point into the range slots that
-// area_range_bits fills on the device: `bits` receives those slots and must outlive the kernels.
+// weight_norm="mean": pass 1b, then each group's divisor in a [groups] tensor of T (returned; it
+// must outlive the kernels that read it through wp.divisor).
 template <typename T>
-WeightParams<T> weight_params(const at::Tensor& target, const at::Tensor& bidx, Normalize norm, BoxFormat fmt,
-                              double beta, double area_lo, double area_hi, cudaStream_t stream, at::Tensor& bits) {
+at::Tensor mean_weight_divisors(const at::Tensor& target, const WeightParams<T>& wp, cudaStream_t stream) {
+  const int64_t n = target.size(0);
+  at::Tensor divisor = at::ones({wp.groups}, target.options());
+  if (n == 0) return divisor;
+  const auto double_options = target.options().dtype(at::kDouble);
+  if (wp.norm == Normalize::kImage) {
+    at::Tensor sums = at::zeros({2 * wp.groups}, double_options);
+    image_weight_sum_kernel<T><<<num_blocks(n), kThreadsPerBlock, 0, stream>>>(target.data_ptr<T>(), n, wp,
+                                                                               sums.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    image_weight_divisor_kernel<T><<<grid_blocks(wp.groups), kThreadsPerBlock, 0, stream>>>(
+        sums.data_ptr<double>(), wp.groups, divisor.data_ptr<T>());
+  } else {
+    const int blocks = num_blocks(n);
+    at::Tensor partial = at::empty({2 * blocks}, double_options);
+    weight_sum_partials_kernel<T><<<blocks, kThreadsPerBlock, 0, stream>>>(target.data_ptr<T>(), n, wp,
+                                                                           partial.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    batch_weight_divisor_kernel<T><<<1, kThreadsPerBlock, 0, stream>>>(partial.data_ptr<double>(), blocks,
+                                                                       divisor.data_ptr<T>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return divisor;
+}
+
+// The per-box weight's parameters. For "batch"/"image" they point into the range slots that
+// area_range_bits fills on the device, and with weight_norm="mean" into the divisors: `bits` and
+// `divisor` receive those tensors and must outlive the kernels.
+template <typename T>
+WeightParams<T> weight_params(const at::Tensor& target, const at::Tensor& bidx, Normalize norm, WeightNorm weight_norm,
+                              BoxFormat fmt, double beta, double area_lo, double area_hi, cudaStream_t stream,
+                              at::Tensor& bits, at::Tensor& divisor) {
   int64_t groups = 1;
   bits = area_range_bits<T>(target, bidx, norm, fmt, &groups, stream);
-  return WeightParams<T>{norm, fmt, static_cast<T>(beta), static_cast<T>(area_lo), static_cast<T>(area_hi),
-                         bits.defined() ? range_bits_ptr<T>(bits) : nullptr,
-                         bidx.defined() ? bidx.data_ptr<int64_t>() : nullptr, groups};
+  WeightParams<T> wp{norm, fmt, static_cast<T>(beta), static_cast<T>(area_lo), static_cast<T>(area_hi),
+                     bits.defined() ? range_bits_ptr<T>(bits) : nullptr,
+                     bidx.defined() ? bidx.data_ptr<int64_t>() : nullptr, groups, nullptr};
+  if (weight_norm == WeightNorm::kMean && norm != Normalize::kNone) {  // "none": every weight is 1 already
+    divisor = mean_weight_divisors<T>(target, wp, stream);
+    wp.divisor = divisor.data_ptr<T>();
+  }
+  return wp;
 }
 
 // The slot a kernel flags the first non-finite target row in (atomicMin); it starts past every row.
@@ -240,10 +349,10 @@ void assert_targets_finite(const at::Tensor& first_bad_row, int64_t n) {
 std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
     const at::Tensor& pred_in, const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
     const c10::optional<at::Tensor>& weight, c10::string_view box_format, c10::string_view loss_type,
-    c10::string_view normalize, double beta, double area_lo, double area_hi, c10::string_view reduction,
-    double eps, bool compute_grad) {
+    c10::string_view normalize, c10::string_view weight_norm, double beta, double area_lo, double area_hi,
+    c10::string_view reduction, double eps, bool compute_grad) {
   const LossOptions options = check_loss_call(pred_in, target_in, batch_index, weight, box_format, loss_type,
-                                              normalize, area_lo, area_hi, reduction);
+                                              normalize, weight_norm, area_lo, area_hi, reduction);
   const Reduction red = options.reduction;
   const int64_t n = pred_in.size(0);
   c10::cuda::CUDAGuard guard(pred_in.device());
@@ -253,9 +362,10 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
 
   AT_DISPATCH_FLOATING_TYPES(t.pred.scalar_type(), "sal_loss_cuda", [&] {
     using AccT = at::acc_type<scalar_t, true>;
-    at::Tensor bits;
-    const WeightParams<scalar_t> wp = weight_params<scalar_t>(t.target, t.batch_index, options.normalize,
-                                                              options.box_format, beta, area_lo, area_hi, stream, bits);
+    at::Tensor bits, divisor;
+    const WeightParams<scalar_t> wp =
+        weight_params<scalar_t>(t.target, t.batch_index, options.normalize, options.weight_norm, options.box_format,
+                                beta, area_lo, area_hi, stream, bits, divisor);
     const int blocks = num_blocks(n);
     at::Tensor partial;
     if (red != Reduction::kNone) {
@@ -280,18 +390,20 @@ std::tuple<at::Tensor, at::Tensor> sal_loss_cuda(
 }
 
 at::Tensor sal_weights_cuda(const at::Tensor& target_in, const c10::optional<at::Tensor>& batch_index,
-                            c10::string_view box_format, c10::string_view normalize, double beta, double area_lo,
-                            double area_hi) {
-  const WeightOptions options = check_weights_call(target_in, batch_index, box_format, normalize, area_lo, area_hi);
+                            c10::string_view box_format, c10::string_view normalize, c10::string_view weight_norm,
+                            double beta, double area_lo, double area_hi) {
+  const WeightOptions options =
+      check_weights_call(target_in, batch_index, box_format, normalize, weight_norm, area_lo, area_hi);
   c10::cuda::CUDAGuard guard(target_in.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const WeightTensors t = weight_tensors(target_in, batch_index, options);
   const int64_t n = t.target.size(0);
   at::Tensor first_bad_row = first_bad_row_slot(t.target);
   AT_DISPATCH_FLOATING_TYPES(t.target.scalar_type(), "sal_weights_cuda", [&] {
-    at::Tensor bits;
-    const WeightParams<scalar_t> wp = weight_params<scalar_t>(t.target, t.batch_index, options.normalize,
-                                                              options.box_format, beta, area_lo, area_hi, stream, bits);
+    at::Tensor bits, divisor;
+    const WeightParams<scalar_t> wp =
+        weight_params<scalar_t>(t.target, t.batch_index, options.normalize, options.weight_norm, options.box_format,
+                                beta, area_lo, area_hi, stream, bits, divisor);
     if (n > 0) {
       sal_weights_kernel<scalar_t><<<num_blocks(n), kThreadsPerBlock, 0, stream>>>(
           t.target.data_ptr<scalar_t>(), n, wp, t.weights.data_ptr<scalar_t>(),

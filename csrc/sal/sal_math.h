@@ -22,6 +22,8 @@ namespace sal {
 enum class BoxFormat : int { kXYXY = 0, kCXCYWH = 1 };
 enum class LossType : int { kIoU2 = 0, kIoU = 1, kGIoU = 2, kDIoU = 3, kCIoU = 4 };
 enum class Normalize : int { kBatch = 0, kImage = 1, kFixed = 2, kNone = 3 };
+// weight_norm: "none" keeps the paper's weights; "mean" divides each by its group's mean weight.
+enum class WeightNorm : int { kNone = 0, kMean = 1 };
 enum class Reduction : int { kNone = 0, kSum = 1, kMean = 2 };
 
 // Math functions that resolve to the right overload on host and device for float and double.
@@ -154,6 +156,15 @@ SARL_HD_INLINE T scale_weight(T area, T lo, T hi, T beta) {
   s = spread > T(0) ? s : T(0);
   s = s < T(0) ? T(0) : (s > T(1) ? T(1) : s);
   return beta * log_1_to_2(T(2) - s);
+}
+
+// Divisor of weight_norm="mean" from a group's weight sum and count (NaN weights left out of both):
+// the mean weight, or 1 where it is undefined (no box) or 0 (every weight 0, possible with "fixed"
+// ranges when every box is at or above hi), so such a group's weights stay as they are (all 0).
+template <typename AccT>
+SARL_HD_INLINE AccT mean_weight_divisor(AccT sum, AccT count) {
+  const AccT mean = count > AccT(0) ? sum / count : AccT(0);
+  return mean != AccT(0) ? mean : AccT(1);
 }
 
 // Loss of one box pair and, when kGrad, d loss / d pred in the memory format (xyxy or cxcywh),

@@ -103,6 +103,9 @@ def _add_head_config(cfg: CN) -> None:
     # Box loss when MODEL.SAL.ENABLED is False: the official YOLOv5 CIoU loss ("ciou"); any
     # SAL loss type works. With SAL on, MODEL.SAL.LOSS_TYPE is the base loss ("iou2": the paper).
     cfg.MODEL.YOLOV5.BOX_LOSS_TYPE = "ciou"
+    # Objectness target: the matched prediction's "iou" or "ciou" with its GT; "auto" (default, YOLOv5's rule):
+    # CIoU when the box loss is "ciou", else IoU. A fixed value lets an ablation change the base loss alone.
+    cfg.MODEL.YOLOV5.OBJ_TARGET = "auto"
     # Multiply the losses by the images per device, as YOLOv5 does (its lr 0.01 assumes it).
     cfg.MODEL.YOLOV5.LOSS_TIMES_BATCH_SIZE = True
     cfg.MODEL.YOLOV5.AUTOANCHOR = True
@@ -118,6 +121,12 @@ def _add_loss_config(cfg: CN) -> None:
     cfg.MODEL.SAL.NORMALIZE = "batch"  # batch | image | fixed | none
     cfg.MODEL.SAL.AREA_RANGE = [0.0, 1024.0]  # for NORMALIZE "fixed"
     cfg.MODEL.SAL.ALPHA = 5.0  # weight of the IoU/SAL term (YOLOX's 5.0)
+    # This project's options; the defaults are the paper's. WEIGHT_NORM "mean": each weight divided by the mean
+    # weight of its NORMALIZE group (the loss keeps the unweighted scale; only the reweighting remains).
+    cfg.MODEL.SAL.WEIGHT_NORM = "none"  # none (paper) | mean
+    # True: each GT object counts once in the min-max and the mean, whatever its number of anchors (the paper:
+    # every matched anchor counts). Only changes the weights with WEIGHT_NORM "mean".
+    cfg.MODEL.SAL.PER_OBJECT = False
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -211,6 +220,22 @@ class UserError(Exception):
     """An error in the user's input (config, dataset): the tools report it as one line, exit status 2."""
 
 
+def run_reporting_user_errors(run, *args, user_errors: tuple = (), failures: tuple = ()) -> int:
+    """``run(*args)``'s exit status, with the tools' error contract: a :class:`UserError` (or one of
+    ``user_errors``) becomes one ``error: ...`` line on stderr and status 2, one of ``failures`` (e.g. a
+    subprocess that failed) one line and status 1; ``SARL_DEBUG=1`` re-raises them with their traceback."""
+    import os
+    import sys
+
+    try:
+        return run(*args)
+    except (UserError, *user_errors, *failures) as e:
+        if os.environ.get("SARL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1 if isinstance(e, failures) and not isinstance(e, (UserError, *user_errors)) else 2
+
+
 def load_config(config_file: str, opts=None) -> CN:
     """The frozen config of ``config_file`` (empty: the defaults) with the ``KEY VALUE`` overrides ``opts``.
 
@@ -232,7 +257,7 @@ def load_config(config_file: str, opts=None) -> CN:
         except KeyError as e:
             raise UserError(f"{config_file}: {_key_error_text(e)}") from None
     try:
-        cfg.merge_from_list(list(opts or []))
+        cfg.merge_from_list(_dataset_names_as_tuples(list(opts or [])))
     except KeyError as e:
         raise UserError(f"command-line override: {_key_error_text(e)}") from None
     except AssertionError as e:  # odd number of KEY VALUE tokens
@@ -242,8 +267,23 @@ def load_config(config_file: str, opts=None) -> CN:
     if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("MODEL.DEVICE is cuda but no GPU is available: using the CPU")
         cfg.MODEL.DEVICE = "cpu"
+    # Dataset names given by path (coco:ANN.json:IMAGE_DIR, yolo:DIR) are registered here, in every process that
+    # loads the config; MODEL.YOLO.NUM_CLASSES 0 becomes the class count of the data (sarl.data.catalog).
+    from sarl.data.catalog import prepare_config_datasets
+
+    prepare_config_datasets(cfg)
     cfg.freeze()
     return cfg
+
+
+def _dataset_names_as_tuples(opts: list) -> list:
+    """``DATASETS.TRAIN coco:a.json:img`` (one bare name) on the command line means ``('coco:a.json:img',)``."""
+    opts = list(opts)
+    for i in range(0, len(opts) - 1, 2):
+        value = str(opts[i + 1]).strip()
+        if opts[i] in ("DATASETS.TRAIN", "DATASETS.TEST") and value and value[0] not in "([\"'":
+            opts[i + 1] = repr((value,))
+    return opts
 
 
 def _key_error_text(e: KeyError) -> str:

@@ -1,12 +1,13 @@
 """Tables and chart of the ablation grid (``tools/ablation.py``): every cell's metrics averaged over its seeds, the
-paper's Tables V/VI (SARL x SAL per detector) and VII (beta) in markdown, and a bar chart of AP."""
+paper's Tables V/VI (SARL x SAL per detector) and VII (beta) in markdown, this project's one-change rows with their
+AP difference to the cell each differs from, and a bar chart of AP."""
 from __future__ import annotations
 
 import math
 import statistics
 from typing import Dict, List
 
-from .ablation import BETAS, SUMMARY_KEYS
+from .ablation import BETAS, PAPER_CELLS, SUMMARY_KEYS
 
 __all__ = ["mean_over_seeds", "markdown_tables", "bar_chart"]
 
@@ -55,7 +56,8 @@ def markdown_tables(results: List[Dict], args) -> str:
              f"{args.img_size} px, batch {args.ims_per_batch}, width x{args.width}, depth x{args.depth}; "
              f"{seed_text}; scored on `{args.test}` (AI-TOD protocol, AP in %).", ""]
     for det in dict.fromkeys(r["detector"] for r in results):
-        rows = [r for r in results if r["detector"] == det and r["beta"] == "2/ln2"]
+        paper_rows = [r for r in results if r["detector"] == det and not r.get("variant")]
+        rows = [r for r in paper_rows if r["cell"] in PAPER_CELLS]
         lines += [f"**{det.upper()}: SARL and SAL (Tables V/VI)**", "",
                   "| " + " | ".join([det.upper(), "SARL", "SAL"] + header_metrics) + " |",
                   "|" + "---|" * (3 + len(header_metrics))]
@@ -63,7 +65,11 @@ def markdown_tables(results: List[Dict], args) -> str:
             marks = ["✓", "✓" if r["sarl"] else "", "✓" if r["sal"] else ""]
             lines.append("| " + " | ".join(marks + _row_values(r, classes, with_spread)) + " |")
         lines.append("")
-        beta_rows = [r for r in results if r["detector"] == det and r["sarl"] and r["sal"]]
+        if det == "yolov5":
+            lines += ["On YOLOv5, SAL on also switches the base loss (CIoU -> 1 - IoU^2) and the objectness target "
+                      "(CIoU -> IoU); `--variants loss_parts` changes them one at a time.", ""]
+        lines += _one_change_table(det, results, header_metrics, classes, with_spread)
+        beta_rows = [r for r in paper_rows if r["sarl"] and r["sal"]]
         if len(beta_rows) > 1:
             lines += [f"**{det.upper()} + SARL + SAL: the factor β (Table VII)**", "",
                       "| " + " | ".join(["β"] + header_metrics) + " |", "|" + "---|" * (1 + len(header_metrics))]
@@ -72,6 +78,25 @@ def markdown_tables(results: List[Dict], args) -> str:
                 lines.append("| " + " | ".join([beta] + _row_values(r, classes, with_spread)) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _one_change_table(det: str, results: List[Dict], header_metrics: List[str], classes: List[str],
+                      with_spread: bool) -> List[str]:
+    """This project's rows of ``det`` (``--variants``), each with the AP difference to the cell it differs from."""
+    rows = [r for r in results if r["detector"] == det and r.get("variant")]
+    if not rows:
+        return []
+    ap_of = {r["cell"]: r["metrics"].get("AP") for r in results if r["detector"] == det}
+    lines = [f"**{det.upper()}: one change per row (this project's rows; ΔAP = AP minus that of the cell compared "
+             "with)**", "", "| " + " | ".join(["row", "vs", "changed", "ΔAP"] + header_metrics) + " |",
+             "|" + "---|" * (4 + len(header_metrics))]
+    for r in rows:
+        reference = ap_of.get(r["compare_with"])
+        delta = None if reference is None or r["metrics"].get("AP") is None else r["metrics"]["AP"] - reference
+        delta_text = "-" if delta is None or math.isnan(delta) else f"{delta:+.1f}"
+        lines.append("| " + " | ".join([r["cell"], r["compare_with"], r["change"], delta_text]
+                                        + _row_values(r, classes, with_spread)) + " |")
+    return lines + [""]
 
 
 def bar_chart(results: List[Dict], path: str) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 ULTRALYTICS_VERSION = "8.4.190"
 # Requirements of ultralytics that the peer never needs on CPU (and their own dependency trees): the Platform
@@ -39,8 +39,9 @@ try:
 except ImportError:
     from pip._vendor.packaging.requirements import Requirement
 skip = set(json.loads(sys.argv[1]))
+root = sys.argv[2]
 OPENCV = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
-todo, done, missing = ["ultralytics"], set(), []
+todo, done, missing = [root], set(), []
 while todo:
     dist = todo.pop()
     if dist in done:
@@ -76,14 +77,18 @@ print(json.dumps(sorted(set(missing))))
 """
 
 
-def ensure_peer_env(env_dir: str, project_python: str, log: Any = print) -> str:
+def ensure_peer_env(env_dir: str, project_python: str, log: Any = print, package: str = "ultralytics",
+                    version: str = ULTRALYTICS_VERSION,
+                    skipped_requirements: Sequence[str] = PEER_SKIPPED_REQUIREMENTS) -> str:
     """Create (or reuse) the peer's virtual environment in ``env_dir``; returns its python.
 
     The environment sees the project's site-packages (torch, numpy, opencv, ...) after its own, through a
     ``.pth`` that calls ``site.addsitedir`` (so the project's own ``.pth`` files, e.g. editable installs, work
-    too). ``ultralytics==ULTRALYTICS_VERSION`` and every requirement that the combined environment does not
-    satisfy are installed into ``env_dir`` with ``pip install --no-deps --ignore-installed`` (a requirement that
-    needs torch's own wheels, torch or torchvision, is an error: the peer must use the project's torch).
+    too). ``package==version`` (default Ultralytics; ``tools/benchmark_sliced.py`` gets SAHI this way) and every
+    requirement that the combined environment does not satisfy, less ``skipped_requirements``, are installed into
+    ``env_dir`` with ``pip install --no-deps --ignore-installed`` (a requirement on numpy, torch or torchvision
+    that the project's versions miss is an error: a second copy in the peer environment would shadow the
+    project's, which its compiled packages are built against).
     """
     python = peer_python(env_dir)
     if not os.path.exists(python):
@@ -96,20 +101,21 @@ def ensure_peer_env(env_dir: str, project_python: str, log: Any = print) -> str:
             f.write(f"import site; site.addsitedir({path!r})\n")
     pip = [python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-input",
            "--disable-pip-version-check", "-q"]
-    version = subprocess.run([python, "-c", "from importlib.metadata import version; print(version('ultralytics'))"],
-                             capture_output=True, text=True).stdout.strip()
-    if version != ULTRALYTICS_VERSION:
-        log(f"installing ultralytics=={ULTRALYTICS_VERSION} (no dependencies) into {env_dir}")
-        subprocess.check_call(pip + [f"ultralytics=={ULTRALYTICS_VERSION}"])
+    installed = subprocess.run([python, "-c", f"from importlib.metadata import version; print(version({package!r}))"],
+                               capture_output=True, text=True).stdout.strip()
+    if installed != version:
+        log(f"installing {package}=={version} (no dependencies) into {env_dir}")
+        subprocess.check_call(pip + [f"{package}=={version}"])
     for _ in range(6):  # each round installs what the previous round's packages require
         missing = json.loads(subprocess.check_output(
-            [python, "-c", _MISSING_REQUIREMENTS, json.dumps(PEER_SKIPPED_REQUIREMENTS)], text=True))
+            [python, "-c", _MISSING_REQUIREMENTS, json.dumps(list(skipped_requirements)), package], text=True))
         if not missing:
             return python
-        heavy = [r for r in missing if re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() in ("torch", "torchvision")]
+        heavy = [r for r in missing
+                 if re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() in ("numpy", "torch", "torchvision")]
         if heavy:
-            raise RuntimeError(f"the project's environment does not satisfy {heavy} for ultralytics; install a "
-                               f"matching torch/torchvision in the project, not in the peer environment")
+            raise RuntimeError(f"the project's environment does not satisfy {heavy} for {package}; install "
+                               f"matching versions in the project, not in the peer environment")
         log(f"installing into the peer environment (no dependencies): {' '.join(missing)}")
         subprocess.check_call(pip + missing)
     raise RuntimeError(f"the peer environment still lacks requirements after 6 rounds: {missing}")

@@ -13,6 +13,7 @@ from detectron2.data import (
 )
 from detectron2.data.samplers import TrainingSampler
 
+from .catalog import explain_empty_datasets
 from .mapper import YOLOMapper
 from .samplers import StreamRecords
 
@@ -40,7 +41,9 @@ def build_yolo_train_loader(
     ``loader.yolo_mapper`` (its settings and ``num_unreadable`` count can be read from the loader).
     """
     if dataset is None:
-        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        with explain_empty_datasets("DATASETS.TRAIN", cfg.DATASETS.TRAIN):
+            dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN,
+                                                  filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     if mapper is None:
         mapper = YOLOMapper(cfg, is_train=True, dataset_dicts=dataset)
     if sampler is None:
@@ -60,11 +63,16 @@ def build_yolo_train_loader(
 
 
 def build_yolo_test_loader(cfg, dataset_name: str, batch_size: int = 1) -> torchdata.DataLoader:
-    """Inference loader over one registered dataset, letterboxing each image to ``cfg.INPUT.YOLO.IMG_SIZE``."""
-    dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    """Inference loader over one registered dataset, letterboxing each image to ``cfg.INPUT.YOLO.IMG_SIZE``.
+
+    An unreadable image does not stop the evaluation: a warning names it and the loader yields a placeholder
+    marked ``"unreadable": True`` (``YOLOMapper(skip_unreadable=True)``), which the evaluator leaves out and counts.
+    """
+    with explain_empty_datasets("DATASETS.TEST", [dataset_name]):
+        dataset_dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
     return build_detection_test_loader(
         dataset_dicts,
-        mapper=YOLOMapper(cfg, is_train=False),
+        mapper=YOLOMapper(cfg, is_train=False, skip_unreadable=True),
         batch_size=batch_size,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )

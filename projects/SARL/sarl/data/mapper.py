@@ -26,14 +26,16 @@ number of workers and after a resume. Records without it draw from one stream pe
 the torch seed of the process/worker).
 
 Unreadable images: a warning names the file, ``num_unreadable`` counts it (shared by all worker processes), and
-another sample is drawn (train). At test time an unreadable image is an error naming the file.
+another sample is drawn (train). At test time an unreadable image is an error naming the file, unless the mapper
+is built with ``skip_unreadable=True`` (the evaluation loader): it then returns a grey placeholder marked
+``"unreadable": True``, which the evaluator leaves out of the scores and counts in its summary.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -63,12 +65,15 @@ class YOLOMapper:
             in ``image``; ``(1.0, 0.0, 0.0)`` for mosaic samples, whose frame is not that of one original image.
 
     ``augment=False`` leaves mosaic, mixup and the random affine out of training (the no-aug phase).
+    ``skip_unreadable=True`` (test): an unreadable image gives a placeholder output marked ``"unreadable": True``
+    (grey image, no instances) instead of an ``OSError``.
     """
 
     def __init__(self, cfg, is_train: bool, dataset_dicts: Optional[List[Dict[str, Any]]] = None,
-                 native_test: Optional[bool] = None, augment: bool = True):
+                 native_test: Optional[bool] = None, augment: bool = True, skip_unreadable: bool = False):
         yolo = cfg.INPUT.YOLO
         self.is_train = is_train
+        self.skip_unreadable = bool(skip_unreadable)
         self.img_size = int(yolo.IMG_SIZE)
         self.image_format = cfg.INPUT.FORMAT
         if self.image_format not in ("BGR", "RGB"):
@@ -154,7 +159,8 @@ class YOLOMapper:
         if image is None:
             with self._unreadable.get_lock():
                 self._unreadable.value += 1
-            logger.warning(f"YOLOMapper: cannot read image {file_name}; skipped, another sample is used "
+            instead = "another sample is used" if self.is_train else "not scored"
+            logger.warning(f"YOLOMapper: cannot read image {file_name}; skipped, {instead} "
                            f"({self.num_unreadable} unreadable so far)")
             return None
         # Targets: the object instances; crowd / ``ignore`` boxes are left out (a YOLO head has no ignore label).
@@ -191,6 +197,8 @@ class YOLOMapper:
         loaded = self._read(dataset_dict)
         if not self.is_train:
             if loaded is None:
+                if self.skip_unreadable:
+                    return self._unreadable_placeholder(dataset_dict)
                 raise OSError(f"YOLOMapper: cannot read image {dataset_dict['file_name']}")
             return self._map_test(dataset_dict, loaded)
         rng = self.sample_rng(dataset_dict)
@@ -211,6 +219,18 @@ class YOLOMapper:
         out_image, scale, pad_x, pad_y = T.letterbox(image, self.img_size)
         boxes = T.letterbox_boxes(boxes, scale, pad_x, pad_y)
         return self._output(dataset_dict, out_image, boxes if with_targets else None, classes, (scale, pad_x, pad_y))
+
+    def _unreadable_placeholder(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """A grey IMG_SIZE image standing for an unreadable test image (the model runs on it; the evaluator
+        skips it), with the letterbox of the recorded size so mapping outputs back stays valid."""
+        size = self.img_size
+        height, width = int(dataset_dict.get("height", size)), int(dataset_dict.get("width", size))
+        scale, pad_x, pad_y = T.letterbox_params(height, width, size)[:3]
+        image = np.full((size, size, 3), T.PAD_VALUE, dtype=np.uint8)
+        out = self._output(dict(dataset_dict, height=height, width=width), image, None, np.zeros(0, np.int64),
+                           (scale, pad_x, pad_y))
+        out["unreadable"] = True
+        return out
 
     def _crop(self, loaded: Tuple[np.ndarray, np.ndarray, np.ndarray], rng: np.random.Generator
               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -61,17 +61,21 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> Tuple
     (:func:`letterbox_boxes`), and back with :func:`unletterbox_boxes`.
     """
     height, width = image.shape[:2]
-    scale = min(size / height, size / width)
-    new_w = max(1, min(size, int(round(width * scale))))
-    new_h = max(1, min(size, int(round(height * scale))))
-    # Integer offsets so the resized image sits on whole pixels.
-    pad_x = float((size - new_w) // 2)
-    pad_y = float((size - new_h) // 2)
+    scale, pad_x, pad_y, new_w, new_h = letterbox_params(height, width, size)
     out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=INTERPOLATION)
     out[int(pad_y): int(pad_y) + new_h, int(pad_x): int(pad_x) + new_w] = image.reshape(new_h, new_w, -1)[..., :3]
     return out, float(scale), pad_x, pad_y
+
+
+def letterbox_params(height: int, width: int, size: int) -> Tuple[float, float, float, int, int]:
+    """``(scale, pad_x, pad_y, new_w, new_h)`` of :func:`letterbox` for a ``height x width`` image."""
+    scale = min(size / height, size / width)
+    new_w = max(1, min(size, int(round(width * scale))))
+    new_h = max(1, min(size, int(round(height * scale))))
+    # Integer offsets so the resized image sits on whole pixels.
+    return float(scale), float((size - new_w) // 2), float((size - new_h) // 2), new_w, new_h
 
 
 def letterbox_boxes(boxes: np.ndarray, scale: float, pad_x: float, pad_y: float) -> np.ndarray:

@@ -45,9 +45,11 @@ from detectron2.utils import comm
 import sarl.modeling  # noqa: F401  (registers YOLODetector, backbones, heads)
 
 from sarl.data import YOLOMapper, build_yolo_test_loader, build_yolo_train_loader  # (registers the datasets)
+from sarl.data.catalog import check_num_classes, explain_empty_datasets
 from sarl.data.samplers import ResumableTrainingSampler
 
-from ..checkpoint import YOLOCheckpointer
+from ..checkpoint import YOLOCheckpointer, training_class_names
+from ..config import UserError
 from .distributed import create_ddp_model, unwrap_model
 from .ema import ModelEMA
 from .hooks import AutoAnchorHook, EMAHook, NoAugHook, OptimizerStepEMAHook
@@ -59,10 +61,28 @@ from .yolov5_recipe import YOLOv5Scheduler, accumulate_steps, build_yolov5_recip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["YOLOTrainer"]
+__all__ = ["YOLOTrainer", "check_model_weights"]
 
 # Iterations between two writes of the metrics (detectron2's DefaultTrainer: PeriodicWriter period 20).
 LOG_PERIOD = 20
+
+
+def check_model_weights(cfg, resume: bool = False) -> None:
+    """``MODEL.WEIGHTS``, when set, must be an existing file (or a URL) unless ``resume`` continues from
+    ``OUTPUT_DIR/last_checkpoint``, whose named file must then exist. Raises :class:`~sarl.config.UserError`
+    (one line) instead of detectron2's ``AssertionError: Checkpoint ... not found!``."""
+    marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if resume and os.path.isfile(marker):
+        with open(marker) as f:
+            last = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+        if not os.path.isfile(last):
+            raise UserError(f"--resume: {marker} names {last}, which does not exist (delete {marker} to start "
+                            "from MODEL.WEIGHTS)")
+        return
+    weights = str(cfg.MODEL.WEIGHTS)
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise UserError(f"MODEL.WEIGHTS: checkpoint file {weights} does not exist (give the path of a .pth/.pkl "
+                        "file, or MODEL.WEIGHTS '' to start from random weights)")
 
 
 class YOLOTrainer(DefaultTrainer):
@@ -87,7 +107,10 @@ class YOLOTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         self.use_yolo_schedule = bool(cfg.SOLVER.YOLO.ENABLED)
-        self.train_dicts = train_dataset_dicts(cfg)
+        with explain_empty_datasets("DATASETS.TRAIN", cfg.DATASETS.TRAIN):
+            self.train_dicts = train_dataset_dicts(cfg)
+        # After loading: json datasets without names at registration have set their thing_classes by now.
+        check_num_classes(cfg)
         self.plan = plan_epochs(cfg, len(self.train_dicts)) if self.use_yolo_schedule else None
         self.max_iter = self.plan.max_iter if self.plan else cfg.SOLVER.MAX_ITER
         self.yolov5 = build_yolov5_recipe(cfg, self.plan) if self.plan else None
@@ -111,6 +134,7 @@ class YOLOTrainer(DefaultTrainer):
         # The data seed is shared by all ranks (each takes its slice of one stream) and saved in checkpoints.
         self.data_seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
         self.no_aug_applied = False
+        self._train_mappers: List[YOLOMapper] = []
         data_loader = self._build_train_loader_at(0)
 
         model = create_ddp_model(model)
@@ -126,7 +150,10 @@ class YOLOTrainer(DefaultTrainer):
                                        **accumulation)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.plan)
         extra = {"ema": self.ema} if self.ema is not None else {}
-        self.checkpointer = YOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra)
+        # The training sets' class names go into every checkpoint: prediction labels with them (train_dicts are
+        # loaded by now, so json datasets have set their thing_classes).
+        self.checkpointer = YOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+                                             class_names=training_class_names(cfg), **extra)
         self.start_iter = 0
         self.register_hooks(self.build_hooks())
 
@@ -177,7 +204,9 @@ class YOLOTrainer(DefaultTrainer):
         phase (its mapper without mosaic, mixup and the random affine).
         Each sample's augmentation is seeded by its place in the stream (``sarl.data.samplers``), so a resumed
         run sees the same augmented samples as an uninterrupted one."""
-        dataset = train_dataset_dicts(cfg) if dataset is None else dataset
+        if dataset is None:
+            with explain_empty_datasets("DATASETS.TRAIN", cfg.DATASETS.TRAIN):
+                dataset = train_dataset_dicts(cfg)
         sampler = ResumableTrainingSampler(len(dataset), seed=seed, start_index=start_index,
                                            with_positions=cfg.INPUT.YOLO.ENABLED)
         if cfg.INPUT.YOLO.ENABLED:
@@ -206,8 +235,11 @@ class YOLOTrainer(DefaultTrainer):
         return max(self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), 1)
 
     def _build_train_loader_at(self, iteration: int, augment: bool = True):
-        return self.build_train_loader(self.cfg, seed=self.data_seed, dataset=self.train_dicts,
-                                       start_index=iteration * self._samples_per_iteration(), augment=augment)
+        loader = self.build_train_loader(self.cfg, seed=self.data_seed, dataset=self.train_dicts,
+                                         start_index=iteration * self._samples_per_iteration(), augment=augment)
+        if getattr(loader, "yolo_mapper", None) is not None:
+            self._train_mappers.append(loader.yolo_mapper)  # their unreadable-image counts, summed after training
+        return loader
 
     def _restart_train_loader(self, iteration: int) -> None:
         augment = not self.no_aug_applied
@@ -258,10 +290,15 @@ class YOLOTrainer(DefaultTrainer):
     def train(self) -> Optional["OrderedDict[str, Any]"]:
         """Run training; returns the last evaluation results (None when nothing was evaluated)."""
         super().train()
+        unreadable = sum(mapper.num_unreadable for mapper in self._train_mappers)
+        if unreadable:
+            logger.warning(f"Training skipped {unreadable} reads of unreadable images (another sample was used each "
+                           "time; the warnings above name the files)")
         return getattr(self, "_last_eval_results", None)
 
     # -- resume --
     def resume_or_load(self, resume: bool = True) -> None:
+        check_model_weights(self.cfg, resume)
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         resumed = resume and self.checkpointer.has_checkpoint()
         if resumed:

@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -153,6 +153,8 @@ class AITODEvaluator(DatasetEvaluator):
         self._dump_arrays = dump_arrays
         self._num_workers = int(num_workers)
         self._predictions: List[Dict[str, Any]] = []
+        # (image_id, file_name) of the images the loader could not read (``"unreadable"`` inputs): not scored.
+        self._unreadable: List[Tuple[Any, str]] = []
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None) -> "AITODEvaluator":
@@ -170,9 +172,13 @@ class AITODEvaluator(DatasetEvaluator):
 
     def reset(self) -> None:
         self._predictions = []
+        self._unreadable = []
 
     def process(self, inputs: List[Dict[str, Any]], outputs: List[Dict[str, Any]]) -> None:
         for model_input, output in zip(inputs, outputs):
+            if model_input.get("unreadable"):
+                self._unreadable.append((model_input["image_id"], str(model_input.get("file_name", ""))))
+                continue
             if "instances" not in output:
                 continue
             prediction = instances_to_prediction(model_input["image_id"], output["instances"].to("cpu"))
@@ -182,23 +188,38 @@ class AITODEvaluator(DatasetEvaluator):
         name = type(self).__name__
         if self._distributed:
             comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            predictions = list(itertools.chain(*gathered))
+            gathered = comm.gather((self._predictions, self._unreadable), dst=0)
+            predictions = list(itertools.chain(*(g[0] for g in gathered)))
+            unreadable = list(itertools.chain(*(g[1] for g in gathered)))
             if not comm.is_main_process():
                 return {}
         else:
-            predictions = self._predictions
+            predictions, unreadable = self._predictions, self._unreadable
+        if unreadable:
+            shown = ", ".join(f for _, f in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+            logger.warning(f"[{name}] {self._dataset_name}: {len(unreadable)} images unreadable, skipped (not "
+                           f"scored): {shown}")
         if not predictions:
             logger.warning(f"[{name}] no predictions received for {self._dataset_name}")
             return {}
         predictions = self._merge(predictions)
         class_names = list(MetadataCatalog.get(self._gt_dataset).get("thing_classes"))
+        gt_dicts = DatasetCatalog.get(self._gt_dataset)
+        if unreadable and self._gt_dataset == self._dataset_name:
+            # Images the model never saw are left out: their objects would count as misses.
+            skipped_ids = {image_id for image_id, _ in unreadable}
+            gt_dicts = [record for record in gt_dicts if record["image_id"] not in skipped_ids]
         metrics = evaluate_detections(
-            DatasetCatalog.get(self._gt_dataset), predictions, class_names,
+            gt_dicts, predictions, class_names,
             engine=self._engine, max_dets=self._max_dets, max_dets_per_image=self._max_dets_per_image,
             ignore_ioa_thresh=self._ignore_ioa_thresh, workers=self._num_workers,
             output_dir=self._output_dir if (self._output_dir and self._dump_arrays) else None,
         )
+        if unreadable:
+            metrics["unreadable_images"] = float(len(unreadable))  # in the table and the results: not scored
         source = "" if self._gt_dataset == self._dataset_name else f" (predictions on {self._dataset_name})"
-        logger.info(f"[{name}] {self._gt_dataset}{source}\n" + format_aitod_table(metrics))
+        table = format_aitod_table(metrics)
+        if unreadable:
+            table += f"\n{len(unreadable)} images unreadable, skipped (not scored; see the warnings naming them)"
+        logger.info(f"[{name}] {self._gt_dataset}{source}\n" + table)
         return {"bbox": dict(metrics)}

@@ -11,12 +11,17 @@ coordinates and merged:
   copy is dropped. Larger cut boxes (they cannot be whole in any tile) are kept and left to NMS;
 - class-wise NMS over all kept detections (``torchvision.ops.batched_nms``), then the top ``max_detections``.
 
+Nothing is cut silently: the model is asked for one detection more than its per-image cap, so a tile whose
+detections were cut is known, and so is a merge that kept only the top ``max_detections``
+(:class:`SliceReport`, which :class:`~sarl.inference.Predictor` turns into a warning).
+
 Memory: the image (uint8) plus one batch of float tiles plus the detections; a 10000 x 10000 RGB image needs
 ~300 MB for itself, never a full-size float copy.
 """
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -28,7 +33,46 @@ from .tiling import drop_cut_boxes, merge_detections, shift_boxes, sliced_stride
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SlicedPredictor", "SlicedDetector"]
+__all__ = ["SliceReport", "SlicedPredictor", "SlicedDetector", "cut_to_cap", "one_past_the_cap"]
+
+# progress(tiles_done, tiles_total), called after each batch of tiles
+TileProgress = Callable[[int, int], None]
+
+
+@contextmanager
+def one_past_the_cap(model) -> Iterator[Optional[int]]:
+    """Within the block the model keeps one detection more than its ``max_detections_per_image`` cap (yielded;
+    None for a model without one), so more than ``cap`` detections back means the cap cut some."""
+    cap = getattr(model, "max_detections_per_image", None)
+    if not isinstance(cap, int):
+        yield None
+        return
+    model.max_detections_per_image = cap + 1
+    try:
+        yield cap
+    finally:
+        model.max_detections_per_image = cap
+
+
+def cut_to_cap(instances: Instances, cap: Optional[int]) -> Tuple[Instances, bool]:
+    """``instances`` (best first) cut to ``cap``, and whether that dropped any."""
+    if cap is None or len(instances) <= cap:
+        return instances, False
+    return instances[:cap], True
+
+
+@dataclass
+class SliceReport:
+    """What sliced prediction of one image did: ``tiles`` run, ``tiles_over_cap`` of them had detections cut by
+    the model's per-image cap, ``merge_over_cap``: more than ``max_detections`` survived the merge (the best kept)."""
+
+    tiles: int = 0
+    tiles_over_cap: int = 0
+    merge_over_cap: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.tiles_over_cap > 0 or self.merge_over_cap
 
 
 @dataclass
@@ -91,27 +135,38 @@ class SlicedPredictor:
             inputs.append({"image": self.to_input(tile), "height": h, "width": w})
         return inputs
 
-    def _run_tiles(self, image: np.ndarray) -> Iterator[Tuple[Tuple[int, int, int, int], _TileDetections]]:
+    def _run_tiles(self, image: np.ndarray, report: SliceReport, progress: Optional[TileProgress]
+                   ) -> Iterator[Tuple[Tuple[int, int, int, int], _TileDetections]]:
         height, width = image.shape[:2]
         tiles = tile_grid(height, width, self.slice_size, self.overlap)
+        report.tiles = len(tiles)
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start:start + self.batch_size]
-            with torch.no_grad():
+            with torch.no_grad(), one_past_the_cap(self.model) as cap:
                 outputs = self.model(self._model_inputs(image, batch))
             for tile, output in zip(batch, outputs):
-                instances = output["instances"].to("cpu")
+                instances, cut = cut_to_cap(output["instances"].to("cpu"), cap)
+                report.tiles_over_cap += int(cut)
                 yield tile, _TileDetections(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+            if progress is not None:
+                progress(min(start + self.batch_size, len(tiles)), len(tiles))
 
     def __call__(self, image: np.ndarray) -> Instances:
         """Detections on ``image`` (HxWxC uint8 array, e.g. from ``cv2.imread``; a memmap works) as
         ``Instances(pred_boxes, scores, pred_classes)`` in image pixels."""
+        return self.predict(image)[0]
+
+    def predict(self, image: np.ndarray, progress: Optional[TileProgress] = None) -> Tuple[Instances, SliceReport]:
+        """As ``__call__``, with the :class:`SliceReport` of the image; ``progress(done, total)`` is called after
+        each batch of tiles."""
         if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or min(image.shape[:2]) == 0:
             raise ValueError(f"image must be a non-empty HxW or HxWxC array, got "
                              f"{getattr(image, 'shape', type(image))}")
         height, width = image.shape[:2]
         overlap_px = self.slice_size * self.overlap
+        report = SliceReport()
         boxes, scores, classes = [], [], []
-        for tile, det in self._run_tiles(image):
+        for tile, det in self._run_tiles(image, report, progress):
             if det.boxes.numel() == 0:
                 continue
             keep = drop_cut_boxes(det.boxes, tile, (height, width), overlap_px)
@@ -120,21 +175,25 @@ class SlicedPredictor:
             classes.append(det.classes[keep])
             # Bound memory on huge images: prune the running set when it grows far beyond what is kept.
             if sum(len(s) for s in scores) > 8 * self.max_detections:
-                boxes, scores, classes = self._merge(boxes, scores, classes)
+                boxes, scores, classes = self._merge(boxes, scores, classes, report)
                 boxes, scores, classes = [boxes], [scores], [classes]
         result = Instances((height, width))
         if boxes:
-            b, s, c = self._merge(boxes, scores, classes)
+            b, s, c = self._merge(boxes, scores, classes, report)
         else:
             b, s, c = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
         result.pred_boxes = Boxes(b)
         result.scores = s
         result.pred_classes = c
-        return result
+        return result, report
 
-    def _merge(self, boxes, scores, classes):
+    def _merge(self, boxes, scores, classes, report: SliceReport):
         b, s, c = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
-        keep = merge_detections(b, s, c, self.nms_thresh, self.max_detections, self.class_agnostic)
+        # One past the cap: tells a merge that filled the cap from one that cut it.
+        keep = merge_detections(b, s, c, self.nms_thresh, self.max_detections + 1, self.class_agnostic)
+        if len(keep) > self.max_detections:
+            report.merge_over_cap = True
+            keep = keep[:self.max_detections]
         return b[keep], s[keep], c[keep]
 
     def num_tiles(self, height: int, width: int) -> int:

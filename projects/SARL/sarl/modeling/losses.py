@@ -6,7 +6,15 @@ Both heads call :func:`sal_box_loss` on their foreground pairs; the loss itself 
 ``MODEL.SAL`` keys: ``ENABLED`` (False: weights 1, i.e. the plain IoU loss of ``LOSS_TYPE``),
 ``BETA``, ``LOSS_TYPE`` ("iou2" = 1 - IoU^2, the paper's and YOLOX's), ``NORMALIZE``
 ("batch": min-max of the target areas over the whole batch, as the paper; "image"; "fixed"
-with ``AREA_RANGE``), ``ALPHA`` (the heads' weight on this term).
+with ``AREA_RANGE``), ``ALPHA`` (the heads' weight on this term), and two options of this project
+whose defaults are the paper's:
+
+- ``WEIGHT_NORM``: "none" (the paper) or "mean": each weight ``beta * ln(2 - s_i)`` divided by the
+  mean weight of its normalisation group, so the SAL term keeps the scale of the unweighted loss and
+  only reweights boxes against each other (at beta = 2/ln2 the paper's weights average about 1.8).
+- ``PER_OBJECT``: False (the paper: every matched anchor counts) or True: each ground-truth object
+  counts once in the min-max and in the mean, however many anchors it is assigned. The min-max of a
+  multiset equals that of its set, so this changes the weights only with ``WEIGHT_NORM "mean"``.
 """
 from __future__ import annotations
 
@@ -16,9 +24,12 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from sarl.ops import PAPER_SAL_BETA, scale_adaptive_iou_loss
+from sarl.config import UserError
+from sarl.ops import PAPER_SAL_BETA, sal_weights, scale_adaptive_iou_loss
 
-__all__ = ["SALParams", "sal_box_loss", "current_iteration", "check_finite_predictions"]
+__all__ = ["SALParams", "sal_box_loss", "per_object_sal_weights", "current_iteration", "check_finite_predictions"]
+
+WEIGHT_NORMS = ("none", "mean")
 
 
 @dataclass(frozen=True)
@@ -32,21 +43,27 @@ class SALParams:
     area_range: Optional[Tuple[float, float]] = None
     alpha: float = 5.0
     eps: float = 1e-7
+    weight_norm: str = "none"  # the paper; "mean": this project's (see the module docstring)
+    per_object: bool = False  # the paper; True: this project's
 
     @classmethod
     def from_config(cls, cfg, loss_type: Optional[str] = None) -> "SALParams":
         """Read ``cfg.MODEL.SAL``; ``loss_type`` overrides ``MODEL.SAL.LOSS_TYPE`` (the YOLOv5
         head passes its own base loss when SAL is off)."""
         sal = cfg.MODEL.SAL
+        if sal.WEIGHT_NORM not in WEIGHT_NORMS:
+            raise UserError(f"MODEL.SAL.WEIGHT_NORM must be one of {WEIGHT_NORMS} ('none' is the paper), "
+                            f"got {sal.WEIGHT_NORM!r}")
         area_range = tuple(float(v) for v in sal.AREA_RANGE) if sal.NORMALIZE == "fixed" else None
         return cls(enabled=bool(sal.ENABLED), beta=float(sal.BETA),
                    loss_type=loss_type or str(sal.LOSS_TYPE), normalize=str(sal.NORMALIZE),
-                   area_range=area_range, alpha=float(sal.ALPHA))
+                   area_range=area_range, alpha=float(sal.ALPHA), weight_norm=str(sal.WEIGHT_NORM),
+                   per_object=bool(sal.PER_OBJECT))
 
 
 def sal_box_loss(params: SALParams, pred_xyxy: Tensor, target_xyxy: Tensor,
                  batch_index: Optional[Tensor] = None, *, weight: Optional[Tensor] = None,
-                 reduction: str = "sum") -> Tensor:
+                 reduction: str = "sum", gt_index: Optional[Tensor] = None) -> Tensor:
     """SAL (or the plain IoU-type loss when disabled) of matched box pairs, **not** times alpha.
 
     Args:
@@ -56,6 +73,8 @@ def sal_box_loss(params: SALParams, pred_xyxy: Tensor, target_xyxy: Tensor,
         batch_index: [M] int64 image of each pair (needed for ``NORMALIZE "image"``).
         weight: optional [M] per-pair multiplier.
         reduction: "sum" (default; the heads divide by their normaliser), "mean" or "none".
+        gt_index: [M] int64 ground-truth object of each pair, one id per object over the whole batch;
+            needed for ``params.per_object`` (then the weights are :func:`per_object_sal_weights`).
 
     Returns:
         a scalar (or [M] for ``reduction="none"``); 0 with a zero gradient when ``M == 0``.
@@ -63,11 +82,42 @@ def sal_box_loss(params: SALParams, pred_xyxy: Tensor, target_xyxy: Tensor,
     normalize = params.normalize if params.enabled else "none"
     if batch_index is not None:
         batch_index = batch_index.long()
+    if params.per_object and normalize != "none":
+        if gt_index is None:
+            raise ValueError("sal_box_loss: MODEL.SAL.PER_OBJECT needs gt_index, the [M] object of each pair")
+        object_weight = per_object_sal_weights(params, target_xyxy, gt_index, batch_index)
+        weight = object_weight if weight is None else object_weight * weight
+        normalize = "none"  # the SAL weights are in `weight` now
     return scale_adaptive_iou_loss(
         pred_xyxy, target_xyxy, beta=params.beta, loss_type=params.loss_type, box_format="xyxy",
         normalize=normalize, batch_index=batch_index if normalize == "image" else None,
         area_range=params.area_range if normalize == "fixed" else None, weight=weight,
-        reduction=reduction, eps=params.eps)
+        reduction=reduction, eps=params.eps, weight_norm=params.weight_norm)
+
+
+def per_object_sal_weights(params: SALParams, target_xyxy: Tensor, gt_index: Tensor,
+                           batch_index: Optional[Tensor] = None) -> Tensor:
+    """[M] SAL weights of M matched pairs with each ground-truth object counted once (``PER_OBJECT``).
+
+    The weights are computed on the unique objects (one box each, that of the object's first pair),
+    normalised over objects (``params.normalize``, ``params.weight_norm``: the min-max and the mean run
+    over objects, per image of ``batch_index`` for "image"), then gathered back to every pair, so an
+    object assigned 5 anchors has the weight it would have with 1. Constants (no gradient).
+
+    Args:
+        target_xyxy: [M, 4] the pairs' ground-truth boxes; gt_index: [M] int64 object of each pair;
+        batch_index: [M] int64 image of each pair (for ``NORMALIZE "image"``).
+    """
+    gt_index = gt_index.to(target_xyxy.device).long()
+    objects, pair_to_object = torch.unique(gt_index, return_inverse=True)
+    pair_ids = torch.arange(gt_index.numel(), device=gt_index.device)
+    first_pair = torch.full((objects.numel(),), gt_index.numel(), dtype=torch.long, device=gt_index.device)
+    first_pair = first_pair.scatter_reduce(0, pair_to_object, pair_ids, "amin")
+    image = batch_index[first_pair] if params.normalize == "image" else None
+    object_weight = sal_weights(target_xyxy.detach()[first_pair], beta=params.beta, box_format="xyxy",
+                                normalize=params.normalize, batch_index=image, area_range=params.area_range,
+                                weight_norm=params.weight_norm)
+    return object_weight[pair_to_object].to(target_xyxy.dtype)
 
 
 def current_iteration() -> Optional[int]:

@@ -4,6 +4,7 @@
     loss = scale_adaptive_iou_loss(pred, target)              # [N, 4] xyxy each -> scalar
     loss = scale_adaptive_iou_loss(pred, target, normalize="image", batch_index=img_of_box,
                                    loss_type="giou", reduction="none")
+    loss = scale_adaptive_iou_loss(pred, target, weight_norm="mean")  # reweighting only, unweighted scale
 
 The kernel computes, in one pass per box, the loss and (when ``pred`` requires grad) d loss/d pred,
 so the backward only scales that saved gradient by ``grad_output``. Autograd and fake (meta)
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ._extension import _LOADED, use_extension
+from ._extension import _LOADED, _warn_once, use_extension
 from .sal_reference import (
     PAPER_SAL_BETA,
     check_loss_args,
@@ -27,11 +28,13 @@ from .sal_reference import (
     scale_adaptive_iou_loss_reference,
 )
 
-__all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss", "PAPER_SAL_BETA"]
+__all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss", "PAPER_SAL_BETA", "kernels_available"]
 
-# Positions of the arguments of sarl::sal_loss (see csrc/sarl_ops.cpp).
-_REDUCTION_ARG = 10
-_COMPUTE_GRAD_ARG = 12
+# Positions of the arguments of sarl::sal_loss (see csrc/sarl_ops.cpp); checked against the loaded
+# schema below, so an extension built from other sources runs the reference instead of misreading them.
+_REDUCTION_ARG = 11
+_COMPUTE_GRAD_ARG = 13
+_NUM_LOSS_ARGS = 14
 
 
 def _sal_loss_setup_context(ctx, inputs, output) -> None:
@@ -43,7 +46,7 @@ def _sal_loss_setup_context(ctx, inputs, output) -> None:
 
 def _sal_loss_backward(ctx, grad_loss, _grad_of_grad_pred):
     if not ctx.needs_input_grad[0]:
-        return (None,) * 13
+        return (None,) * _NUM_LOSS_ARGS
     if not ctx.compute_grad:
         raise RuntimeError("sarl::sal_loss was called with compute_grad=False, so it saved no gradient "
                            "for pred; call it with compute_grad=True when pred requires grad")
@@ -52,35 +55,55 @@ def _sal_loss_backward(ctx, grad_loss, _grad_of_grad_pred):
         grad_input = grad_pred * grad_loss.unsqueeze(-1)
     else:
         grad_input = grad_pred * grad_loss
-    return (grad_input,) + (None,) * 12
+    return (grad_input,) + (None,) * (_NUM_LOSS_ARGS - 1)
 
 
 def _register_python_side() -> None:
     """Fake (shape) implementations and autograd formulas of the compiled ops."""
 
     @torch.library.register_fake("sarl::sal_loss")
-    def _sal_loss_fake(pred, target, batch_index, weight, box_format, loss_type, normalize, beta,
+    def _sal_loss_fake(pred, target, batch_index, weight, box_format, loss_type, normalize, weight_norm, beta,
                        area_lo, area_hi, reduction, eps, compute_grad):
         n = pred.shape[0]
         loss = pred.new_empty((n,)) if reduction == "none" else pred.new_empty(())
         return loss, pred.new_empty((n if compute_grad else 0, 4))
 
     @torch.library.register_fake("sarl::sal_weights")
-    def _sal_weights_fake(target, batch_index, box_format, normalize, beta, area_lo, area_hi):
+    def _sal_weights_fake(target, batch_index, box_format, normalize, weight_norm, beta, area_lo, area_hi):
         return target.new_empty((target.shape[0],))
 
     torch.library.register_autograd("sarl::sal_loss", _sal_loss_backward,
                                     setup_context=_sal_loss_setup_context)
 
 
-# An extension built from older sources may lack these ops: then the reference runs.
-_HAS_SAL_OPS = _LOADED and hasattr(torch.ops.sarl, "sal_loss") and hasattr(torch.ops.sarl, "sal_weights")
+def _loaded_ops_match_these_sources() -> bool:
+    """True when the loaded extension has both SAL ops with the schema this module was written for."""
+    if not (_LOADED and hasattr(torch.ops.sarl, "sal_loss") and hasattr(torch.ops.sarl, "sal_weights")):
+        return False
+    names = [a.name for a in torch.ops.sarl.sal_loss.default._schema.arguments]
+    weight_names = [a.name for a in torch.ops.sarl.sal_weights.default._schema.arguments]
+    return (len(names) == _NUM_LOSS_ARGS and names[_REDUCTION_ARG] == "reduction"
+            and names[_COMPUTE_GRAD_ARG] == "compute_grad" and "weight_norm" in names and "weight_norm" in weight_names)
+
+
+# An extension built from older sources may lack these ops or have other arguments: then the reference runs.
+_HAS_SAL_OPS = _loaded_ops_match_these_sources()
 if _HAS_SAL_OPS:
     _register_python_side()
 
 
 def _use_kernels(op_name: str, *tensors: torch.Tensor) -> bool:
-    return use_extension(op_name, *tensors) and _HAS_SAL_OPS
+    if not use_extension(op_name, *tensors):
+        return False
+    if not _HAS_SAL_OPS:
+        _warn_once(op_name + ":schema", f"sarl._C was built from older sources (its SAL ops lack this version's "
+                   f"arguments); {op_name} runs its pure-PyTorch reference. Rebuild: scripts/build_ext.sh")
+    return _HAS_SAL_OPS
+
+
+def kernels_available() -> bool:
+    """True when the compiled SAL kernels are loaded and match these sources (else the reference runs)."""
+    return _HAS_SAL_OPS
 
 
 def scale_adaptive_iou_loss(
@@ -96,6 +119,7 @@ def scale_adaptive_iou_loss(
     weight: Optional[torch.Tensor] = None,
     reduction: str = "sum",
     eps: float = 1e-7,
+    weight_norm: str = "none",
 ) -> torch.Tensor:
     """Scale-adaptive IoU loss ``sum_i w_i * weight_i * L_i``, ``w_i = beta * ln(2 - s_i)`` (paper eq. 3-5).
 
@@ -114,6 +138,13 @@ def scale_adaptive_iou_loss(
         weight: optional [N] per-box multiplier (a constant for autograd).
         reduction: "none" -> [N]; "sum"; "mean" (sum / N). N = 0 gives 0 or an empty tensor.
         eps: added to the union (and to the enclosing area / diagonal / heights for giou/diou/ciou).
+        weight_norm: "none" (the paper's weights, default) or "mean" (this project's option): each ``w_i``
+            divided by the mean ``w`` of its group (all N for "batch"/"fixed", each image for "image"; a
+            no-op for "none"), a constant like ``w_i``. The mean is over the SAL weights only (not times
+            ``weight``). The loss then keeps the scale of the unweighted loss and only the reweighting
+            between boxes remains (at beta = 2/ln2 the paper's weights average about 1.8, so its SAL
+            also multiplies the box loss by about 1.8). A group whose mean weight is 0 (every weight 0:
+            "fixed" with every box at or above hi) keeps its weights 0.
 
     Returns:
         The loss in the promoted dtype of pred/target; float16/bfloat16 are computed in float32.
@@ -126,11 +157,12 @@ def scale_adaptive_iou_loss(
     """
     args = check_loss_args(pred, target, beta=beta, loss_type=loss_type, box_format=box_format,
                            normalize=normalize, batch_index=batch_index, area_range=area_range,
-                           weight=weight, reduction=reduction, eps=eps)
+                           weight=weight, reduction=reduction, eps=eps, weight_norm=weight_norm)
     if not _use_kernels("scale_adaptive_iou_loss", pred, target):
         return scale_adaptive_iou_loss_reference(
             pred, target, beta=beta, loss_type=loss_type, box_format=box_format, normalize=normalize,
-            batch_index=batch_index, area_range=area_range, weight=weight, reduction=reduction, eps=eps)
+            batch_index=batch_index, area_range=area_range, weight=weight, reduction=reduction, eps=eps,
+            weight_norm=weight_norm)
     pred_c = pred.to(args.compute_dtype)
     target_c = target.detach().to(args.compute_dtype)
     weight_c = None if weight is None else weight.detach().to(args.compute_dtype)
@@ -138,7 +170,7 @@ def scale_adaptive_iou_loss(
     # The kernels check target finiteness and batch_index >= 0 during their passes.
     loss, _ = torch.ops.sarl.sal_loss(
         pred_c, target_c, batch_index if normalize == "image" else None, weight_c, box_format, loss_type,
-        normalize, float(beta), args.area_lo, args.area_hi, reduction, float(eps), compute_grad)
+        normalize, weight_norm, float(beta), args.area_lo, args.area_hi, reduction, float(eps), compute_grad)
     return loss.to(args.out_dtype)
 
 
@@ -150,20 +182,22 @@ def sal_weights(
     normalize: str = "batch",
     batch_index: Optional[torch.Tensor] = None,
     area_range: Optional[Sequence[float]] = None,
+    weight_norm: str = "none",
 ) -> torch.Tensor:
     """Per-box SAL weights ``w_i = beta * ln(2 - s_i)``: [N], dtype of target (float32 for half types).
 
-    Same options as :func:`scale_adaptive_iou_loss`; the weights carry no gradient.
+    Same options as :func:`scale_adaptive_iou_loss` (``weight_norm="mean"``: divided by their group's
+    mean); the weights carry no gradient.
     """
     area_lo, area_hi = check_weight_args(target, beta=beta, box_format=box_format, normalize=normalize,
-                                         batch_index=batch_index, area_range=area_range)
+                                         batch_index=batch_index, area_range=area_range, weight_norm=weight_norm)
     compute_dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
     target_c = target.detach().to(compute_dtype)
     if not _use_kernels("sal_weights", target):
         return sal_weights_reference(target_c, beta=beta, box_format=box_format, normalize=normalize,
-                                     batch_index=batch_index, area_range=area_range)
+                                     batch_index=batch_index, area_range=area_range, weight_norm=weight_norm)
     return torch.ops.sarl.sal_weights(target_c, batch_index if normalize == "image" else None, box_format,
-                                      normalize, float(beta), area_lo, area_hi)
+                                      normalize, weight_norm, float(beta), area_lo, area_hi)
 
 
 class ScaleAdaptiveIoULoss(nn.Module):
@@ -174,7 +208,7 @@ class ScaleAdaptiveIoULoss(nn.Module):
 
     def __init__(self, *, beta: float = PAPER_SAL_BETA, loss_type: str = "iou2", box_format: str = "xyxy",
                  normalize: str = "batch", area_range: Optional[Sequence[float]] = None,
-                 reduction: str = "sum", eps: float = 1e-7) -> None:
+                 reduction: str = "sum", eps: float = 1e-7, weight_norm: str = "none") -> None:
         super().__init__()
         self.beta = beta
         self.loss_type = loss_type
@@ -183,14 +217,15 @@ class ScaleAdaptiveIoULoss(nn.Module):
         self.area_range = tuple(area_range) if area_range is not None else None
         self.reduction = reduction
         self.eps = eps
+        self.weight_norm = weight_norm
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, batch_index: Optional[torch.Tensor] = None,
                 weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         return scale_adaptive_iou_loss(
             pred, target, beta=self.beta, loss_type=self.loss_type, box_format=self.box_format,
             normalize=self.normalize, batch_index=batch_index, area_range=self.area_range, weight=weight,
-            reduction=self.reduction, eps=self.eps)
+            reduction=self.reduction, eps=self.eps, weight_norm=self.weight_norm)
 
     def extra_repr(self) -> str:
         return (f"beta={self.beta:.4g}, loss_type={self.loss_type!r}, box_format={self.box_format!r}, "
-                f"normalize={self.normalize!r}, reduction={self.reduction!r}")
+                f"normalize={self.normalize!r}, weight_norm={self.weight_norm!r}, reduction={self.reduction!r}")

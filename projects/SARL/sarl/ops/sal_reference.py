@@ -21,6 +21,8 @@ from .box_iou import LOSS_TYPES, box_corners, clamp_min0, iou_loss
 # The paper's beta (Table VII's best): weights from 2 (smallest box, s = 0) down to 0 (largest, s = 1).
 PAPER_SAL_BETA = 2.0 / math.log(2.0)
 NORMALIZE_MODES = ("batch", "image", "fixed", "none")
+# "none": the paper's weights; "mean" (this project's): each weight divided by its group's mean weight.
+WEIGHT_NORMS = ("none", "mean")
 BOX_FORMATS = ("xyxy", "cxcywh")
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -57,13 +59,14 @@ def _check_boxes(name: str, boxes: object) -> None:
 
 
 def check_weight_args(target: torch.Tensor, *, beta: float, box_format: str, normalize: str,
-                      batch_index: Optional[torch.Tensor], area_range: Optional[Sequence[float]]
-                      ) -> Tuple[float, float]:
+                      batch_index: Optional[torch.Tensor], area_range: Optional[Sequence[float]],
+                      weight_norm: str = "none") -> Tuple[float, float]:
     """Checks the arguments that define the per-box weights; returns (area_lo, area_hi)."""
     _check_boxes("target", target)
     _check_number("beta", beta)
     _check_choice("box_format", box_format, BOX_FORMATS)
     _check_choice("normalize", normalize, NORMALIZE_MODES)
+    _check_choice("weight_norm", weight_norm, WEIGHT_NORMS)
     n = target.shape[0]
     if normalize == "image":
         if batch_index is None:
@@ -92,7 +95,7 @@ def check_weight_args(target: torch.Tensor, *, beta: float, box_format: str, nor
 def check_loss_args(pred: torch.Tensor, target: torch.Tensor, *, beta: float, loss_type: str,
                     box_format: str, normalize: str, batch_index: Optional[torch.Tensor],
                     area_range: Optional[Sequence[float]], weight: Optional[torch.Tensor],
-                    reduction: str, eps: float) -> SALArgs:
+                    reduction: str, eps: float, weight_norm: str = "none") -> SALArgs:
     """Checks every argument of the loss (errors name the argument); returns the dtypes to use."""
     _check_boxes("pred", pred)
     _check_boxes("target", target)
@@ -105,7 +108,7 @@ def check_loss_args(pred: torch.Tensor, target: torch.Tensor, *, beta: float, lo
     if _check_number("eps", eps) < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     area_lo, area_hi = check_weight_args(target, beta=beta, box_format=box_format, normalize=normalize,
-                                         batch_index=batch_index, area_range=area_range)
+                                         batch_index=batch_index, area_range=area_range, weight_norm=weight_norm)
     if weight is not None:
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
@@ -142,25 +145,50 @@ def box_areas(boxes: torch.Tensor, box_format: str) -> torch.Tensor:
 
 def sal_weights_reference(target: torch.Tensor, *, beta: float = PAPER_SAL_BETA, box_format: str = "xyxy",
                           normalize: str = "batch", batch_index: Optional[torch.Tensor] = None,
-                          area_range: Optional[Sequence[float]] = None) -> torch.Tensor:
+                          area_range: Optional[Sequence[float]] = None, weight_norm: str = "none") -> torch.Tensor:
     """Per-box SAL weights ``w_i = beta * ln(2 - s_i)`` [N] (constants: computed without grad).
 
     ``s_i`` is the target area normalised to [0, 1]: min-max over the whole batch ("batch"),
     within each image of ``batch_index`` ("image"), ``clamp((a - lo) / (hi - lo), 0, 1)`` with
     ``area_range=(lo, hi)`` ("fixed"); "none" gives ``w_i = 1``. A group whose areas are all
     equal (one box, or max = min) has ``s_i = 0``, so weight ``beta * ln 2``.
+
+    ``weight_norm="mean"`` (this project's option; "none" is the paper) divides each weight by the mean
+    weight of its group (all N boxes, or each image for "image"), see :func:`divide_by_group_mean`.
     """
     area_lo, area_hi = check_weight_args(target, beta=beta, box_format=box_format, normalize=normalize,
-                                         batch_index=batch_index, area_range=area_range)
+                                         batch_index=batch_index, area_range=area_range, weight_norm=weight_norm)
     check_target_finite(target)
     if normalize == "image":
         check_batch_index_values(batch_index)
     return sal_weights_core(target, beta=beta, box_format=box_format, normalize=normalize,
-                            batch_index=batch_index, area_lo=area_lo, area_hi=area_hi)
+                            batch_index=batch_index, area_lo=area_lo, area_hi=area_hi, weight_norm=weight_norm)
+
+
+def divide_by_group_mean(weights: torch.Tensor, normalize: str, batch_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """``weights`` [N] divided by the mean weight of their group: all N for "batch"/"fixed", each image of
+    ``batch_index`` for "image" (the mean is a constant, like the weights). NaN weights (an area that overflows)
+    count in no mean; a group whose mean is 0 (every weight 0: "fixed" ranges with every box at or above hi)
+    keeps its weights (all 0). Sums in float64, as the kernels."""
+    n = weights.shape[0]
+    if n == 0:
+        return weights
+    if normalize == "image":
+        group, groups = batch_index, int(batch_index.max()) + 1
+    else:
+        group, groups = torch.zeros(n, dtype=torch.long, device=weights.device), 1
+    counted = ~torch.isnan(weights)
+    values = torch.where(counted, weights, torch.zeros_like(weights)).double()
+    sums = values.new_zeros(groups).index_add_(0, group, values)
+    counts = values.new_zeros(groups).index_add_(0, group, counted.double())
+    mean = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    divisor = torch.where(mean != 0, mean, torch.ones_like(mean)).to(weights.dtype)
+    return weights / divisor[group]
 
 
 def sal_weights_core(target: torch.Tensor, *, beta: float, box_format: str, normalize: str,
-                     batch_index: Optional[torch.Tensor], area_lo: float, area_hi: float) -> torch.Tensor:
+                     batch_index: Optional[torch.Tensor], area_lo: float, area_hi: float,
+                     weight_norm: str = "none") -> torch.Tensor:
     """:func:`sal_weights_reference` without the argument checks (traceable by torch.compile)."""
     with torch.no_grad():
         target = target.detach()
@@ -170,20 +198,27 @@ def sal_weights_core(target: torch.Tensor, *, beta: float, box_format: str, norm
         areas = box_areas(target, box_format)
         if n == 0:
             return areas
+        # A NaN area (finite corners whose difference overflows) never enters a range, as in the kernels;
+        # its own weight is NaN.
+        in_range = ~torch.isnan(areas)
         if normalize == "batch":
-            lo, hi = areas.min(), areas.max()
+            lo = torch.where(in_range, areas, math.inf).min()
+            hi = torch.where(in_range, areas, -math.inf).max()
         elif normalize == "fixed":
             lo = torch.tensor(area_lo, dtype=areas.dtype, device=areas.device)
             hi = torch.tensor(area_hi, dtype=areas.dtype, device=areas.device)
         else:  # "image": per-group min/max
             groups = int(batch_index.max()) + 1
             inf = torch.full((groups,), math.inf, dtype=areas.dtype, device=areas.device)
-            lo = inf.scatter_reduce(0, batch_index, areas, "amin")[batch_index]
-            hi = (-inf).scatter_reduce(0, batch_index, areas, "amax")[batch_index]
+            lo = inf.scatter_reduce(0, batch_index, torch.where(in_range, areas, math.inf), "amin")[batch_index]
+            hi = (-inf).scatter_reduce(0, batch_index, torch.where(in_range, areas, -math.inf), "amax")[batch_index]
         spread = hi - lo
         safe_spread = torch.where(spread > 0, spread, torch.ones_like(spread))
         s = torch.where(spread > 0, ((areas - lo) / safe_spread).clamp(0, 1), torch.zeros_like(areas))
-        return beta * torch.log(2 - s)
+        weights = beta * torch.log(2 - s)
+        if weight_norm == "mean":
+            weights = divide_by_group_mean(weights, normalize, batch_index)
+        return weights
 
 
 def non_finite_poison(pred: torch.Tensor) -> torch.Tensor:
@@ -207,6 +242,7 @@ def scale_adaptive_iou_loss_reference(
     weight: Optional[torch.Tensor] = None,
     reduction: str = "sum",
     eps: float = 1e-7,
+    weight_norm: str = "none",
 ) -> torch.Tensor:
     """``sum_i w_i * weight_i * L_i`` with ``w_i = beta * ln(2 - s_i)`` (see :func:`sal_weights_reference`).
 
@@ -214,6 +250,8 @@ def scale_adaptive_iou_loss_reference(
         pred, target: [N, 4] boxes in ``box_format`` ("xyxy" corners or "cxcywh").
         loss_type: "iou2" (``1 - IoU^2``, the paper and YOLOX), "iou", "giou", "diou", "ciou".
         weight: optional [N] per-box multiplier (a constant, like the SAL weights).
+        weight_norm: "none" (the paper) or "mean" (``w_i`` divided by its group's mean ``w``, not
+            multiplied by ``weight``: the loss keeps the scale of the unweighted loss).
         reduction: "none" ([N]), "sum" or "mean" (sum / N; 0 for N = 0).
 
     Returns:
@@ -228,25 +266,26 @@ def scale_adaptive_iou_loss_reference(
     """
     args = check_loss_args(pred, target, beta=beta, loss_type=loss_type, box_format=box_format,
                            normalize=normalize, batch_index=batch_index, area_range=area_range,
-                           weight=weight, reduction=reduction, eps=eps)
+                           weight=weight, reduction=reduction, eps=eps, weight_norm=weight_norm)
     check_target_finite(target)
     if normalize == "image":
         check_batch_index_values(batch_index)
     loss = sal_loss_core(pred.to(args.compute_dtype), target.to(args.compute_dtype), beta=beta,
                          loss_type=loss_type, box_format=box_format, normalize=normalize,
                          batch_index=batch_index, area_lo=args.area_lo, area_hi=args.area_hi,
-                         weight=weight, reduction=reduction, eps=eps)
+                         weight=weight, reduction=reduction, eps=eps, weight_norm=weight_norm)
     return loss.to(args.out_dtype)
 
 
 def sal_loss_core(pred: torch.Tensor, target: torch.Tensor, *, beta: float, loss_type: str, box_format: str,
                   normalize: str, batch_index: Optional[torch.Tensor], area_lo: float, area_hi: float,
-                  weight: Optional[torch.Tensor], reduction: str, eps: float) -> torch.Tensor:
+                  weight: Optional[torch.Tensor], reduction: str, eps: float,
+                  weight_norm: str = "none") -> torch.Tensor:
     """:func:`scale_adaptive_iou_loss_reference` without the argument checks and dtype handling
     (what the benchmark times in eager mode and under torch.compile)."""
     target = target.detach()
     w = sal_weights_core(target, beta=beta, box_format=box_format, normalize=normalize,
-                         batch_index=batch_index, area_lo=area_lo, area_hi=area_hi)
+                         batch_index=batch_index, area_lo=area_lo, area_hi=area_hi, weight_norm=weight_norm)
     if weight is not None:
         w = w * weight.detach().to(w.dtype)
     unweighted = iou_loss(pred, target, loss_type=loss_type, box_format=box_format, eps=eps)

@@ -11,6 +11,8 @@ how to get the data. Calling it again with another root re-points the names.
     dota_{v1,v1_5,v2}_{train,val}_1024, dota_{...}_val_1024_full    DOTA-v<x>/<split>_1024/ (dota.py; prepare_dota.py)
     synthetic_tiny_train, synthetic_tiny_val                  synthetic_tiny/ (generated on first use)
     kit_ais_cars, kit_ais_cars_{train,val}                    kit_ais_cars/  (YOLO txt; kit_ais.py; split by sequence)
+    coco:ANN.json:IMAGE_DIR, yolo:DIR                         any path (own_data.py; registered when a config
+                                                              naming them is loaded, not by register_all_aerial)
 
 Dataset dicts follow detectron2's standard: ``file_name``, ``image_id``, ``height``, ``width``, ``annotations`` (list
 of {``bbox`` [x, y, w, h], ``bbox_mode`` XYWH_ABS, ``category_id`` 0-based contiguous, ``iscrowd``, ``area``,

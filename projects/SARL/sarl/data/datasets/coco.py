@@ -143,7 +143,7 @@ def load_aerial_coco_json(
         if bbox[2] < 0 or bbox[3] < 0:
             raise DatasetFormatError(f"{where}: bbox {bbox!r} has a negative width or height")
         clipped = clip_xywh(bbox, record["width"], record["height"])
-        stats.add(bbox, clipped)
+        stats.add(bbox, clipped, where)
         if clipped is None:
             continue
         was_clipped = clipped != [float(v) for v in bbox]

@@ -31,10 +31,10 @@ class DatasetNotFoundError(FileNotFoundError):
 def require_path(path: str, dataset_name: str, how_to_get: str) -> None:
     """Raise :class:`DatasetNotFoundError` when ``path`` (file or folder) does not exist."""
     if not os.path.exists(path):
-        raise DatasetNotFoundError(
-            f"dataset '{dataset_name}': {path} does not exist. {how_to_get} "
-            f"(the dataset root is $DETECTRON2_DATASETS, default ./datasets)"
-        )
+        # Datasets named by their own path (coco:..., yolo:..., see own_data.py) do not live under the root.
+        named_by_path = dataset_name.startswith(("coco:", "yolo:"))
+        root = "" if named_by_path else " (the dataset root is $DETECTRON2_DATASETS, default ./datasets)"
+        raise DatasetNotFoundError(f"dataset '{dataset_name}': {path} does not exist. {how_to_get}{root}")
 
 
 def parse_float(token: str, where: str, what: str) -> float:
@@ -75,18 +75,27 @@ def clip_xyxy(box: Sequence[float], image_width: float, image_height: float) -> 
     return [clipped[0], clipped[1], clipped[0] + clipped[2], clipped[1] + clipped[3]]
 
 
+# Zero-area boxes named (file:line or json record) in the log line; the rest are counted.
+MAX_NAMED_DROPPED = 3
+
+
 @dataclass
 class ClipStats:
-    """Counts what clipping did over one file set, and logs it once at the end."""
+    """Counts what clipping did over one file set, and logs it once at the end, naming where the first dropped
+    boxes are (so a broken label can be found and fixed)."""
 
     source: str
     clipped: int = 0
     dropped: int = 0
     kept: int = 0
+    dropped_at: List[str] = field(default_factory=list)
 
-    def add(self, original: Sequence[float], clipped: Optional[Sequence[float]]) -> None:
+    def add(self, original: Sequence[float], clipped: Optional[Sequence[float]], where: str = "") -> None:
+        """Count one box: ``clipped`` is its clipped form (``None``: dropped); ``where`` names it (file:line)."""
         if clipped is None:
             self.dropped += 1
+            if where and len(self.dropped_at) < MAX_NAMED_DROPPED:
+                self.dropped_at.append(where)
             return
         self.kept += 1
         if any(abs(float(a) - float(b)) > 1e-9 for a, b in zip(original, clipped)):
@@ -98,8 +107,15 @@ class ClipStats:
         if self.dropped:
             logger.warning(
                 f"{self.source}: dropped {self.dropped} boxes of zero area after clipping to the image "
-                f"({self.kept} kept)"
+                f"({self.kept} kept){self.dropped_locations()}"
             )
+
+    def dropped_locations(self) -> str:
+        """``": file:line, file:line (and N more)"``: where the dropped boxes are, for the log line."""
+        if not self.dropped_at:
+            return ""
+        more = self.dropped - len(self.dropped_at)
+        return ": " + ", ".join(self.dropped_at) + (f" (and {more} more)" if more > 0 else "")
 
 
 @dataclass

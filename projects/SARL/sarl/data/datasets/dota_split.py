@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from ...inference.tiling import axis_starts, grid_origins
-from .common import ClipStats, DatasetFormatError, clip_xyxy, list_images
+from .common import MAX_NAMED_DROPPED, ClipStats, DatasetFormatError, clip_xyxy, list_images
 from .dota import DOTA_VERSIONS, parse_dota_labels
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,9 @@ def _split_one_image(
 
     full_stats = ClipStats(label_path or image_path)
     full_annotations = []
-    for box, category, hard in zip(boxes, categories, difficult):
+    for obj, box, category, hard in zip(objects, boxes, categories, difficult):
         clipped = clip_xyxy(box, width, height)
-        full_stats.add(box, clipped)
+        full_stats.add(box, clipped, f"{label_path}:{obj.line_number}")
         if clipped is not None:
             full_annotations.append((clipped, category, hard))
 
@@ -144,6 +144,7 @@ def _split_one_image(
         "unplaced": unplaced,
         "empty_skipped": empty_skipped,
         "zero_area": full_stats.dropped,
+        "zero_area_at": full_stats.dropped_at,
         "num_objects": len(objects),
     }
 
@@ -202,6 +203,7 @@ def prepare_dota(
     patch_images, patch_annotations, full_images, full_annotations = [], [], [], []
     unplaced = {float(s): 0 for s in options.scales}
     summary = {"images": len(pairs), "objects": 0, "empty_patches_skipped": 0, "zero_area_boxes": 0}
+    zero_area_at: List[str] = []  # where the first zero-area labels are, for the warning
     for result in _iterate(pairs, class_names, out_dir, options, workers):
         full_id = len(full_images) + 1
         full_images.append({"id": full_id, **result["full"]})
@@ -221,6 +223,7 @@ def prepare_dota(
         summary["objects"] += result["num_objects"]
         summary["empty_patches_skipped"] += result["empty_skipped"]
         summary["zero_area_boxes"] += result["zero_area"]
+        zero_area_at.extend(result["zero_area_at"][:MAX_NAMED_DROPPED - len(zero_area_at)])
     with open(os.path.join(dst, "annotations.json"), "w") as f:
         json.dump({"images": patch_images, "annotations": patch_annotations, "categories": categories,
                    "info": {"dota_version": version, "patch_size": options.patch_size, "overlap": options.overlap,
@@ -231,7 +234,9 @@ def prepare_dota(
     if summary["empty_patches_skipped"]:
         logger.info(f"{summary['empty_patches_skipped']} patches without objects were not written (--keep-empty keeps them)")
     if summary["zero_area_boxes"]:
-        logger.warning(f"{summary['zero_area_boxes']} labels have zero area after clipping to their image: dropped")
+        more = ", ..." if summary["zero_area_boxes"] > len(zero_area_at) else ""
+        logger.warning(f"{summary['zero_area_boxes']} labels have zero area after clipping to their image: dropped "
+                       f"({', '.join(zero_area_at)}{more})")
     for scale, count in unplaced.items():
         if count:
             logger.warning(

@@ -53,7 +53,7 @@ def parse_yolo_label_file(
             check_box_size(w, h, where)
             box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
             clipped = clip_xywh(box, width, height)
-            stats.add(box, clipped)
+            stats.add(box, clipped, where)
             if clipped is None:
                 continue
             annotations.append(
@@ -110,14 +110,15 @@ def select_frames(dataset_dicts: List[Dict], stems: Sequence[str], keep: bool, f
 
 
 def register_yolo_folder(name: str, image_dir: str, class_names: Sequence[str], how_to_get: str,
-                         frames: Optional[Sequence[str]] = None, keep_frames: bool = True) -> None:
+                         frames: Optional[Sequence[str]] = None, keep_frames: bool = True,
+                         label_dir: Optional[str] = None) -> None:
     """Register a YOLO-txt folder lazily under ``name``; with ``frames`` (file stems), only those images
-    (``keep_frames``) or all the others."""
+    (``keep_frames``) or all the others; labels in ``label_dir`` (default: beside the images)."""
     _replace_registration(name)
 
     def load() -> List[Dict[str, Any]]:
         require_path(image_dir, name, how_to_get)
-        records = load_yolo_folder(image_dir, class_names)
+        records = load_yolo_folder(image_dir, class_names, label_dir)
         if frames is not None:
             records = select_frames(records, frames, keep_frames, image_dir)
         return records

@@ -88,7 +88,7 @@ def parse_visdrone_annotation(path: str, height: int, width: int, stats: ClipSta
                 raise DatasetFormatError(f"{where}: unknown category {fields[5]!r} (VisDrone uses 0..11)")
             box = [left, top, box_width, box_height]
             clipped = clip_xywh(box, width, height)
-            stats.add(box, clipped)
+            stats.add(box, clipped, where)
             if clipped is None:
                 continue
             # Score 0 in a ground-truth file means "ignored in evaluation" (VisDrone's definition).

@@ -16,8 +16,12 @@ Losses (official ComputeLoss, SAL in place of the CIoU term):
   areas normalised over all matches of all levels together (in input pixels, so levels compare);
   without SAL it is the plain loss of ``MODEL.YOLOV5.BOX_LOSS_TYPE`` ("ciou": the official
   YOLOv5). ``MODEL.SAL.ALPHA`` (YOLOX's 5.0) is not used here: ``BOX_GAIN`` plays its role.
+  So with the default keys, switching SAL on changes three things: the base loss (CIoU -> 1 - IoU^2),
+  the objectness target (CIoU -> IoU) and the weights; an ablation changes one at a time by setting
+  both loss-type keys alike and ``MODEL.YOLOV5.OBJ_TARGET`` (see sarl/benchmark/ablation.py).
 - obj: BCE over every cell and anchor, target = the matched prediction's IoU with its GT
-  (detached, clamped >= 0; CIoU when the box loss is "ciou", as YOLOv5), times the level
+  (detached, clamped >= 0; ``MODEL.YOLOV5.OBJ_TARGET`` "auto": CIoU when the box loss is "ciou", as
+  YOLOv5, else IoU; "iou" / "ciou" fix it), times the level
   balance ``[4.0, 1.0, 0.4]`` (P3, P4, P5). When two GTs claim the same (anchor, cell), the larger
   IoU is kept (deterministic; YOLOv5's ``sort_obj_iou=True`` result). With P2,
   ``BALANCE_P2 = 4.0``, P3's value, is prepended: the obj mean over P2's 4x more cells already
@@ -47,6 +51,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 from torch import Tensor
 
+from sarl.config import UserError
 from sarl.ops.box_iou import LOSS_TYPES, paired_box_iou
 
 from ..assigners.anchor_match import LevelMatches, match_anchors
@@ -54,6 +59,8 @@ from ..losses import SALParams, sal_box_loss
 from .build import YOLO_HEAD_REGISTRY, head_input_shapes
 
 __all__ = ["YOLOv5Head"]
+
+OBJ_TARGETS = ("auto", "iou", "ciou")
 
 
 def _cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -84,7 +91,7 @@ class YOLOv5Head(nn.Module):
                  anchors: Sequence[Sequence[Sequence[float]]], num_classes: int,
                  anchor_t: float = 4.0, balance: Sequence[float] = (4.0, 1.0, 0.4),
                  box_gain: float = 0.05, cls_gain: float = 0.5, obj_gain: float = 1.0,
-                 img_size: int = 640, sal: Optional[SALParams] = None,
+                 img_size: int = 640, sal: Optional[SALParams] = None, obj_target: str = "auto",
                  loss_times_batch_size: bool = True, autoanchor_bpr_thresh: float = 0.98):
         """
         Args:
@@ -99,6 +106,7 @@ class YOLOv5Head(nn.Module):
             sal: the box loss (default ``SALParams()``: SAL over 1 - IoU^2): SAL-weighted ``sal.loss_type``
                 when ``sal.enabled``, else the plain ``sal.loss_type`` ("ciou": official YOLOv5).
                 ``sal.alpha`` (YOLOX's weight) is unused: ``box_gain`` is YOLOv5's weight.
+            obj_target: objectness target "iou", "ciou", or "auto" (CIoU when ``sal.loss_type`` is "ciou").
             loss_times_batch_size: multiply the losses by the batch size, as YOLOv5.
             autoanchor_bpr_thresh: AutoAnchor refits when the anchors' best possible recall is below it.
         """
@@ -118,6 +126,8 @@ class YOLOv5Head(nn.Module):
         if sal.loss_type not in LOSS_TYPES:
             raise ValueError(f"the box loss type (MODEL.SAL.LOSS_TYPE, or MODEL.YOLOV5.BOX_LOSS_TYPE without SAL) "
                              f"must be one of {LOSS_TYPES}, got {sal.loss_type!r}")
+        if obj_target not in OBJ_TARGETS:
+            raise ValueError(f"MODEL.YOLOV5.OBJ_TARGET must be one of {OBJ_TARGETS}, got {obj_target!r}")
 
         self.num_classes = int(num_classes)
         self.num_levels = num_levels
@@ -135,8 +145,8 @@ class YOLOv5Head(nn.Module):
         self.obj_gain = obj_gain * (img_size / 640.0) ** 2 * level_scale
 
         self.sal = sal
-        # Official: the obj target is the box-loss IoU, i.e. CIoU for the CIoU loss.
-        self.obj_target_complete_iou = sal.loss_type == "ciou"
+        # Official ("auto"): the obj target is the box-loss IoU, i.e. CIoU for the CIoU loss.
+        self.obj_target_complete_iou = obj_target == "ciou" or (obj_target == "auto" and sal.loss_type == "ciou")
 
         # (w, h) in input pixels, saved with the model (AutoAnchor rewrites it in place).
         self.register_buffer("anchors", anchor_tensor.clone())
@@ -149,6 +159,8 @@ class YOLOv5Head(nn.Module):
         shapes = head_input_shapes(cfg, input_shape)
         num_levels = len(shapes)
         v5 = cfg.MODEL.YOLOV5
+        if v5.OBJ_TARGET not in OBJ_TARGETS:
+            raise UserError(f"MODEL.YOLOV5.OBJ_TARGET must be one of {OBJ_TARGETS}, got {v5.OBJ_TARGET!r}")
         return {
             "in_channels": [s.channels for s in shapes],
             "strides": [s.stride for s in shapes],
@@ -162,6 +174,7 @@ class YOLOv5Head(nn.Module):
             "img_size": cfg.INPUT.YOLO.IMG_SIZE,
             # With SAL the base loss is MODEL.SAL.LOSS_TYPE; without it, YOLOv5's own BOX_LOSS_TYPE.
             "sal": SALParams.from_config(cfg, loss_type=None if cfg.MODEL.SAL.ENABLED else v5.BOX_LOSS_TYPE),
+            "obj_target": v5.OBJ_TARGET,
             "loss_times_batch_size": v5.LOSS_TIMES_BATCH_SIZE,
             "autoanchor_bpr_thresh": v5.AUTOANCHOR_BPR_THRESH,
         }
@@ -235,10 +248,11 @@ class YOLOv5Head(nn.Module):
                              f"[{int(gt_classes.min())}, {int(gt_classes.max())}]")
         return gt_boxes, gt_classes, torch.cat(batch_index)
 
-    def _box_loss_per_match(self, pred: Tensor, target: Tensor, batch_index: Tensor) -> Tensor:
-        """[M] box loss of matched pairs (``cxcywh`` input pixels): SAL-weighted or plain."""
+    def _box_loss_per_match(self, pred: Tensor, target: Tensor, batch_index: Tensor, gt_index: Tensor) -> Tensor:
+        """[M] box loss of matched pairs (``cxcywh`` input pixels): SAL-weighted or plain; ``gt_index``
+        [M] is each pair's GT row (for ``MODEL.SAL.PER_OBJECT``)."""
         return sal_box_loss(self.sal, _cxcywh_to_xyxy(pred), _cxcywh_to_xyxy(target),
-                            batch_index, reduction="none")
+                            batch_index, reduction="none", gt_index=gt_index)
 
     def match(self, outputs: List[Tensor], gt_instances: List[Instances]) -> Tuple[List[LevelMatches], Tensor]:
         """Run the official matching for these outputs. Returns (per-level matches, gt_classes [G])."""
@@ -272,7 +286,8 @@ class YOLOv5Head(nn.Module):
             picked.append(p)
         pred_all, target_all = torch.cat(pred_boxes), torch.cat(target_boxes)
         batch_all = torch.cat([m.batch_index for m in matches])
-        per_match_box_loss = self._box_loss_per_match(pred_all, target_all, batch_all)
+        per_match_box_loss = self._box_loss_per_match(pred_all, target_all, batch_all,
+                                                      torch.cat([m.gt_index for m in matches]))
         with torch.no_grad():
             quality = paired_box_iou(pred_all, target_all, kind="ciou" if self.obj_target_complete_iou else "iou",
                                      box_format="cxcywh").clamp(min=0)

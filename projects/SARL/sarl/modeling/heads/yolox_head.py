@@ -9,6 +9,7 @@ anchors of the batch *on this process* (YOLOX divides by the local count, it doe
 it over DDP ranks; followed here, so per-GPU losses equal the official ones):
 
     loss_box = ALPHA * sum_fg SAL(pred, gt) / num_fg      (plain 1 - IoU^2 when MODEL.SAL.ENABLED False)
+                                                          (SAL weights: sarl.modeling.losses, MODEL.SAL)
     loss_obj = sum_all_anchors BCE(obj, fg) / num_fg
     loss_cls = sum_fg BCE(cls, one_hot(gt_class) * IoU(pred, gt)) / num_fg
     loss_l1  = sum_fg |reg - (xy/stride - grid, log(wh/stride))| / num_fg   (when ``use_l1``)
@@ -186,7 +187,8 @@ class YOLOXHead(nn.Module):
                                                "obj_logits": outputs.obj_logits})
         pred_boxes = self.decode_boxes(outputs.reg_deltas.float(), anchors)  # [N, A, 4]
 
-        fg_masks, fg_gt_boxes, fg_gt_classes, fg_ious, fg_image = [], [], [], [], []
+        fg_masks, fg_gt_boxes, fg_gt_classes, fg_ious, fg_image, fg_object = [], [], [], [], [], []
+        num_gt_before = 0  # GT objects of the earlier images: ids unique over the batch (MODEL.SAL.PER_OBJECT)
         for i, inst in enumerate(gt_instances):
             gt_boxes = inst.gt_boxes.tensor.to(pred_boxes)
             gt_classes = inst.gt_classes.to(pred_boxes.device).long()
@@ -201,6 +203,8 @@ class YOLOXHead(nn.Module):
             fg_gt_classes.append(gt_classes[matched])
             fg_ious.append(assignment.matched_iou[fg])
             fg_image.append(torch.full((matched.numel(),), i, dtype=torch.long, device=fg.device))
+            fg_object.append(matched.long() + num_gt_before)
+            num_gt_before += gt_boxes.shape[0]
 
         fg_mask = torch.stack(fg_masks)  # [N, A]
         gt_boxes_fg = torch.cat(fg_gt_boxes)  # [M, 4]
@@ -227,7 +231,7 @@ class YOLOXHead(nn.Module):
         cls_target = F.one_hot(gt_classes_fg, self.num_classes).to(ious_fg) * ious_fg[:, None]
         losses["loss_cls"] = F.binary_cross_entropy_with_logits(
             outputs.cls_logits[fg_mask].float(), cls_target, reduction="sum") / num_fg
-        box_loss = sal_box_loss(self.sal, pred_boxes[fg_mask], gt_boxes_fg, image_fg)
+        box_loss = sal_box_loss(self.sal, pred_boxes[fg_mask], gt_boxes_fg, image_fg, gt_index=torch.cat(fg_object))
         losses["loss_box"] = self.sal.alpha * box_loss / num_fg
         if self.use_l1:
             losses["loss_l1"] = F.l1_loss(outputs.reg_deltas[fg_mask].float(),
