@@ -18,6 +18,7 @@ QUICK_SIZES = (1_000, 100_000)
 # A fused forward+backward must at least read pred and target (2 x 16 B) and write d loss/d pred
 # (16 B) per box; everything else (the area min/max pass, the scaling in backward) is extra.
 BYTES_PER_BOX = 48
+MIN_TIME_S = 0.3  # timed seconds per figure (at least; time_fn stops at 10 x repeats calls)
 
 
 def _boxes(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +72,10 @@ def run(device: str, args: argparse.Namespace) -> Dict[str, object]:
         times = {}
         for name, fn in (("fused", fused), ("eager", reference), ("compiled", compiled), ("tv_ciou", tv_ciou)):
             reps = max(3, repeats // 3) if (name != "fused" and n >= 1_000_000) else repeats
-            times[name] = time_fn(_fwd_bwd(fn, pred, target), device, warmup=2, repeats=reps)["median_ms"]
+            # At least MIN_TIME_S of timed calls: at small N a call takes ~0.1 ms, and ten of them give a
+            # median that the machine's noise moves by tens of percent.
+            times[name] = time_fn(_fwd_bwd(fn, pred, target), device, warmup=2, repeats=reps,
+                                  min_time_s=MIN_TIME_S)["median_ms"]
         bound = bound_ms(BYTES_PER_BOX * n, bandwidth)
         rows.append({
             "N": n,

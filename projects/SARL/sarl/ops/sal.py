@@ -7,9 +7,9 @@
     loss = scale_adaptive_iou_loss(pred, target, weight_norm="mean")  # reweighting only, unweighted scale
 
 The kernel computes, in one pass per box, the loss and (when ``pred`` requires grad) d loss/d pred,
-so the backward only scales that saved gradient by ``grad_output``. Autograd and fake (meta)
-implementations are registered here with ``torch.library``, so the op works under autograd,
-``torch.compile`` and ``torch.library.opcheck``. Without the extension, the pure-PyTorch reference
+so the backward only scales that saved gradient by ``grad_output``. The autograd kernel is C++
+(csrc/sal/sal_autograd.cpp, for every backend); the fake (meta) implementations are registered here
+with ``torch.library``, so the op works under autograd, ``torch.compile`` and ``torch.library.opcheck``. Without the extension, the pure-PyTorch reference
 (:mod:`sarl.ops.sal_reference`) runs instead, after a one-time warning.
 """
 from __future__ import annotations
@@ -32,34 +32,14 @@ __all__ = ["scale_adaptive_iou_loss", "sal_weights", "ScaleAdaptiveIoULoss", "PA
 
 # Positions of the arguments of sarl::sal_loss (see csrc/sarl_ops.cpp); checked against the loaded
 # schema below, so an extension built from other sources runs the reference instead of misreading them.
+# _NUM_LOSS_ARGS is also kNumLossArgs in csrc/sal/sal_autograd.cpp.
 _REDUCTION_ARG = 11
 _COMPUTE_GRAD_ARG = 13
 _NUM_LOSS_ARGS = 14
 
 
-def _sal_loss_setup_context(ctx, inputs, output) -> None:
-    _, grad_pred = output
-    ctx.reduction = inputs[_REDUCTION_ARG]
-    ctx.compute_grad = inputs[_COMPUTE_GRAD_ARG]
-    ctx.save_for_backward(grad_pred)
-
-
-def _sal_loss_backward(ctx, grad_loss, _grad_of_grad_pred):
-    if not ctx.needs_input_grad[0]:
-        return (None,) * _NUM_LOSS_ARGS
-    if not ctx.compute_grad:
-        raise RuntimeError("sarl::sal_loss was called with compute_grad=False, so it saved no gradient "
-                           "for pred; call it with compute_grad=True when pred requires grad")
-    (grad_pred,) = ctx.saved_tensors
-    if ctx.reduction == "none":
-        grad_input = grad_pred * grad_loss.unsqueeze(-1)
-    else:
-        grad_input = grad_pred * grad_loss
-    return (grad_input,) + (None,) * (_NUM_LOSS_ARGS - 1)
-
-
 def _register_python_side() -> None:
-    """Fake (shape) implementations and autograd formulas of the compiled ops."""
+    """Fake (shape) implementations of the compiled ops (their autograd is in C++: csrc/sal/sal_autograd.cpp)."""
 
     @torch.library.register_fake("sarl::sal_loss")
     def _sal_loss_fake(pred, target, batch_index, weight, box_format, loss_type, normalize, weight_norm, beta,
@@ -72,13 +52,13 @@ def _register_python_side() -> None:
     def _sal_weights_fake(target, batch_index, box_format, normalize, weight_norm, beta, area_lo, area_hi):
         return target.new_empty((target.shape[0],))
 
-    torch.library.register_autograd("sarl::sal_loss", _sal_loss_backward,
-                                    setup_context=_sal_loss_setup_context)
-
 
 def _loaded_ops_match_these_sources() -> bool:
-    """True when the loaded extension has both SAL ops with the schema this module was written for."""
+    """True when the loaded extension has both SAL ops with the schema this module was written for, and
+    sal_loss's C++ autograd kernel (older builds had it in Python)."""
     if not (_LOADED and hasattr(torch.ops.sarl, "sal_loss") and hasattr(torch.ops.sarl, "sal_weights")):
+        return False
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("sarl::sal_loss", "Autograd"):
         return False
     names = [a.name for a in torch.ops.sarl.sal_loss.default._schema.arguments]
     weight_names = [a.name for a in torch.ops.sarl.sal_weights.default._schema.arguments]
@@ -163,15 +143,24 @@ def scale_adaptive_iou_loss(
             pred, target, beta=beta, loss_type=loss_type, box_format=box_format, normalize=normalize,
             batch_index=batch_index, area_range=area_range, weight=weight, reduction=reduction, eps=eps,
             weight_norm=weight_norm)
-    pred_c = pred.to(args.compute_dtype)
-    target_c = target.detach().to(args.compute_dtype)
-    weight_c = None if weight is None else weight.detach().to(args.compute_dtype)
-    compute_grad = torch.is_grad_enabled() and pred_c.requires_grad
-    # The kernels check target finiteness and batch_index >= 0 during their passes.
+    # Only cheap Python here (the call's fixed cost matters at small N): conversions only where needed; the
+    # kernels check target finiteness and batch_index >= 0 during their passes.
+    compute_dtype = args.compute_dtype
+    pred_c = pred if pred.dtype == compute_dtype else pred.to(compute_dtype)
+    target_c = _constant(target, compute_dtype)
+    weight_c = None if weight is None else _constant(weight, compute_dtype)
+    compute_grad = pred_c.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.sarl.sal_loss(
         pred_c, target_c, batch_index if normalize == "image" else None, weight_c, box_format, loss_type,
         normalize, weight_norm, float(beta), args.area_lo, args.area_hi, reduction, float(eps), compute_grad)
-    return loss.to(args.out_dtype)
+    return loss if loss.dtype == args.out_dtype else loss.to(args.out_dtype)
+
+
+def _constant(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` detached (it gets no gradient) in ``dtype``, without a copy or a new view when it already is."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def sal_weights(
