@@ -4,8 +4,9 @@
 //   TORCH_LIBRARY_IMPL(sarl, CPU, m)  in csrc/<family>/<op>_cpu.cpp  (e.g. relay/relay_pool_cpu.cpp)
 //   TORCH_LIBRARY_IMPL(sarl, CUDA, m) in csrc/<family>/<op>_cuda.cu  (e.g. relay/relay_pool_cuda.cu)
 // csrc/sal/sal_cpu.cpp and sal_cuda.cu hold both SAL ops, which share the area-range pass.
-// Autograd and fake (meta) implementations are registered from Python
-// (projects/SARL/sarl/ops/), with torch.library.register_autograd / register_fake.
+// Fake (meta) implementations are registered from Python (projects/SARL/sarl/ops/, with
+// torch.library.register_fake), and so is the autograd of every op except sal_loss, whose
+// autograd kernel is C++ (TORCH_LIBRARY_IMPL(sarl, Autograd, m) in csrc/sal/sal_autograd.cpp).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -31,7 +32,8 @@ TORCH_LIBRARY(sarl, m) {
   // Returns (loss, grad_pred): loss is [N] for reduction="none", else a scalar; grad_pred is
   // d(sum of the returned loss)/d pred ([N, 4], or [0, 4] when compute_grad is false), so the
   // backward only scales it by grad_output. Strings are parsed by the kernels (clear errors).
-  // Argument positions are constants in projects/SARL/sarl/ops/sal.py: keep them in step.
+  // Argument positions are constants in projects/SARL/sarl/ops/sal.py (and the count in
+  // csrc/sal/sal_autograd.cpp): keep them in step.
   m.def(
       "sal_loss(Tensor pred, Tensor target, Tensor? batch_index, Tensor? weight, str box_format, "
       "str loss_type, str normalize, str weight_norm, float beta, float area_lo, float area_hi, "

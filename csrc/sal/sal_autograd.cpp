@@ -73,6 +73,8 @@ class SalLossFunction : public torch::autograd::Function<SalLossFunction> {
                                                      normalize, weight_norm, beta, area_lo, area_hi, reduction, eps,
                                                      compute_grad);
     ctx->mark_non_differentiable({grad_pred});
+    // Otherwise autograd fills a [N, 4] zero tensor for grad_pred's (never used) gradient on every backward.
+    ctx->set_materialize_grads(false);
     if (compute_grad) {
       ctx->saved_data[kSavedGrad] = grad_pred;
       // Only for create_graph=True (see SalLossGradient); an IValue, so no version check on pred.
@@ -90,10 +92,7 @@ class SalLossFunction : public torch::autograd::Function<SalLossFunction> {
                 "was already freed by an earlier backward (use retain_graph=True to backpropagate twice)");
     at::Tensor grad_pred = saved->second.toTensor();
     at::Tensor grad_loss = grad_outputs[0];
-    if (!grad_loss.defined()) {  // only grad_pred (non-differentiable) was used: pred gets zeros
-      grads[0] = at::zeros_like(grad_pred);
-      return grads;
-    }
+    if (!grad_loss.defined()) return grads;  // no gradient reached the loss: none for pred (zero)
     if (at::GradMode::is_enabled()) {  // create_graph=True
       grads[0] = SalLossGradient::apply(ctx->saved_data["pred"].toTensor(), grad_loss, grad_pred)[0];
       return grads;
