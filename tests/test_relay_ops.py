@@ -86,7 +86,7 @@ def test_pool_matches_reference(shape):
 
 @requires_ext
 def test_pool_and_gate_on_level_sized_planes():
-    # N = 1 and h * w > 4096: several pixel chunks (pool) and row blocks (gate backward) per
+    # N = 1 and h * w > 4096: several pixel blocks (pool) and row blocks (gate backward) per
     # image, so the cross-task reductions and the relay-row ownership are exercised.
     _assert_pool_matches(torch.randn(1, 6, 70, 70, dtype=torch.float64, requires_grad=True))
     _assert_gate_matches(*_gate_inputs(1, 6, 70, 70, 35, 35))
@@ -235,6 +235,76 @@ def test_pool_propagates_nan_like_torch_max():
     spatial, channel = relay_pool(g)
     assert torch.isnan(spatial[0, 1, 0, 1]) and torch.isnan(channel[0, 1, 1])
     _assert_pool_matches(g)
+
+
+def _assert_argmax_like_torch_max(g: torch.Tensor) -> None:
+    """relay_pool's arg-max outputs are torch.max's indices (first index on ties, first NaN)."""
+    _, _, spatial_argmax, channel_argmax = torch.ops.sarl.relay_pool(g)
+    assert torch.equal(spatial_argmax, g.max(dim=1).indices)
+    assert torch.equal(channel_argmax, g.flatten(2).max(dim=2).indices)
+
+
+@requires_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [
+    (2, 1, 3, 5),       # C = 1: every pixel's max is channel 0
+    (3, 4, 1, 1),       # h * w = 1: every channel's max is pixel 0
+    (1, 3, 1, 15),      # fewer pixels than the lanes of the max over HW
+    (1, 2, 45, 91),     # 4095 pixels: two blocks, the last one with a lane tail
+    (1, 2, 64, 64),     # 4096 pixels: two full blocks
+    (2, 3, 51, 83),     # 4233 pixels: three blocks of unequal tails
+])
+def test_pool_blocks_lanes_and_tails(shape, dtype):
+    """Pixel counts around the kernel's pixel blocks and lanes, with heavy ties (values 0..2) so that
+    the first index must win across lanes, across blocks and in the tails."""
+    torch.manual_seed(sum(shape))
+    g = torch.randint(0, 3, shape).to(dtype)
+    _assert_argmax_like_torch_max(g)
+    _assert_pool_matches(g.clone().requires_grad_(), atol=1e-5 if dtype == torch.float32 else 1e-12,
+                         rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    # NaNs in the second block and in the last pixel: the first NaN of each plane / pixel wins.
+    flat = g.view(shape[0], shape[1], -1)
+    hw = flat.shape[-1]
+    flat[0, 0, [hw // 2, hw - 1]] = float("nan")
+    flat[-1, -1, hw - 1] = float("nan")
+    _assert_argmax_like_torch_max(g)
+    _assert_pool_matches(g.clone().requires_grad_(), atol=1e-5 if dtype == torch.float32 else 1e-12,
+                         rtol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@requires_ext
+def test_pool_all_minus_inf_picks_index_zero():
+    g = torch.full((2, 3, 50, 50), float("-inf"))
+    g[1, 2, 30, 7] = 0.0
+    _assert_argmax_like_torch_max(g)
+    spatial, channel, _, _ = torch.ops.sarl.relay_pool(g)
+    assert spatial[0, 1].eq(float("-inf")).all() and channel[0, 1].eq(float("-inf")).all()
+
+
+@requires_ext
+def test_pool_backward_with_hand_made_indices():
+    """relay_pool_backward called directly: a max gradient lands exactly at the given arg-max indices,
+    and an index outside the plane / the channels (not one relay_pool returns) routes nothing."""
+    n, c, h, w = 2, 3, 4, 5
+    torch.manual_seed(3)
+    grad_spatial, grad_channel = torch.randn(n, 2, h, w, dtype=torch.float64), torch.randn(n, 2, c, dtype=torch.float64)
+    spatial_argmax = torch.randint(0, c, (n, h, w))
+    channel_argmax = torch.randint(0, h * w, (n, c))
+    spatial_argmax[0, 1, 2], spatial_argmax[1, 3, 4] = -1, c
+    channel_argmax[0, 1], channel_argmax[1, 2] = -1, h * w
+    got = torch.ops.sarl.relay_pool_backward(grad_spatial, grad_channel, spatial_argmax, channel_argmax)
+    want = (grad_spatial[:, 0, None] / c + grad_channel[:, 0, :, None, None] / (h * w)).expand(n, c, h, w).clone()
+    for b in range(n):
+        for y in range(h):
+            for x in range(w):
+                k = int(spatial_argmax[b, y, x])
+                if 0 <= k < c:
+                    want[b, k, y, x] += grad_spatial[b, 1, y, x]
+        for k in range(c):
+            p = int(channel_argmax[b, k])
+            if 0 <= p < h * w:
+                want[b, k, p // w, p % w] += grad_channel[b, 1, k]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @requires_ext

@@ -69,10 +69,12 @@ SARL_HD_INLINE int64_t footprint_begin(int64_t src, int64_t in_size, int64_t out
 }
 
 // ---- max with first-index ties and NaN propagation ----------------------------------------
-// True when candidate value `v` must replace the running max `m` (v comes at a later index).
+// True when candidate value `v` must replace the running max `m` (v comes at a later index):
+// v > m, or v is NaN and m is not. Written as "not (v <= m), and m is a number" (the same truth
+// table: v <= m is false exactly when v > m or either is NaN), two compares that vectorise.
 template <typename T>
 SARL_HD_INLINE bool max_replaces(T v, T m) {
-  return v > m || (v != v && m == m);
+  return !(v <= m) && m == m;
 }
 
 // Combine two (max, index) pairs whose index order is unknown (GPU tree reductions): the
