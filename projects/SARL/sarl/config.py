@@ -74,6 +74,10 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.YOLO.MULTI_LABEL_TEST = True
     # Stop training with a message naming the term when a loss is not finite.
     cfg.MODEL.YOLO.CHECK_FINITE_LOSSES = True
+    # Memory layout of the weights and activations: "channels_last" (NHWC; oneDNN runs the convolutions without
+    # reordering each input and output: measured about 1.3x faster training steps on CPU), "contiguous" (NCHW), or
+    # "auto" (channels_last on CPU, contiguous elsewhere: not measured on GPUs). Same results up to float rounding.
+    cfg.MODEL.YOLO.MEMORY_FORMAT = "auto"
 
     cfg.MODEL.YOLOX = CN()
     cfg.MODEL.YOLOX.HEAD_WIDTH = 256  # times CSPDARKNET.WIDTH_MULTIPLIER
@@ -166,6 +170,9 @@ def _add_solver_config(cfg: CN) -> None:
     # YOLOX recipe's optimizer: "sgd" (nesterov, YOLOX) or "adamw" (Ultralytics' pick for short runs; betas
     # (SOLVER.MOMENTUM, 0.999), decoupled decay on conv weights); lr = BASE_LR_PER_IMAGE * IMS_PER_BATCH either way.
     cfg.SOLVER.YOLO.OPTIMIZER = "sgd"  # yolox: lr = this x IMS_PER_BATCH (yolov5: SOLVER.BASE_LR)
+    # yolox recipe: PyTorch's fused SGD/AdamW kernel (one pass over all parameters; AdamW's step measured about
+    # 3x faster on CPU), the same update up to float rounding. False: the per-parameter loop.
+    cfg.SOLVER.YOLO.FUSED_OPTIMIZER = True
     cfg.SOLVER.YOLO.WARMUP_EPOCHS = 5
     cfg.SOLVER.YOLO.MIN_LR_RATIO = 0.05  # yolox: the cosine's floor (yolov5: FINAL_LR_RATIO)
     cfg.SOLVER.YOLO.NO_AUG_EPOCHS = 15

@@ -52,6 +52,15 @@ logger = logging.getLogger(__name__)
 _MAX_CONSECUTIVE_UNREADABLE = 20
 
 
+def limit_opencv_threads_in_loader_worker() -> None:
+    """In a DataLoader worker process, let OpenCV use one thread (its default is one per core). The worker exists to
+    prepare the next batch while the training step runs; its cv2 thread pool would take cores from the step's
+    torch threads. OpenCV computes every output pixel the same way whatever its thread count. No-op outside
+    workers (``num_workers 0``: the mapper runs between steps, where all cores are free)."""
+    if torch.utils.data.get_worker_info() is not None and cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 class YOLOMapper:
     """Callable mapping a detectron2 dataset dict to ``{"image", "instances", "height", "width", "file_name",
     "image_id", "letterbox"}`` (see the module docstring).
@@ -194,6 +203,7 @@ class YOLOMapper:
     # Mapping
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        limit_opencv_threads_in_loader_worker()
         loaded = self._read(dataset_dict)
         if not self.is_train:
             if loaded is None:

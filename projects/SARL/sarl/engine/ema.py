@@ -54,12 +54,19 @@ class ModelEMA:
         self.updates += 1
         d = self.decay()
         model_state = unwrap_model(model).state_dict()
+        averaged, current = [], []
         for name, ema_value in self.module.state_dict().items():
             value = model_state[name].detach()
             if ema_value.dtype.is_floating_point:
-                ema_value.mul_(d).add_(value.to(ema_value.dtype), alpha=1.0 - d)
+                averaged.append(ema_value)
+                current.append(value.to(ema_value.dtype))
             else:
                 ema_value.copy_(value)
+        if averaged:
+            # One multi-tensor kernel per operation instead of two small ops per tensor; the same arithmetic
+            # (ema * d, then + value * (1 - d)) as the per-tensor form, bit for bit.
+            torch._foreach_mul_(averaged, d)
+            torch._foreach_add_(averaged, current, alpha=1.0 - d)
 
     # -- checkpointable interface (detectron2 Checkpointer) --
     def state_dict(self) -> Dict[str, Any]:

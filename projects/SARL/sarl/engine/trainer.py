@@ -183,7 +183,8 @@ class YOLOTrainer(DefaultTrainer):
         logger.info(f"{'SGD nesterov' if name == 'sgd' else name}: lr {lr:g} = {cfg.SOLVER.YOLO.BASE_LR_PER_IMAGE:g} x "
                     f"{cfg.SOLVER.IMS_PER_BATCH} images, momentum {cfg.SOLVER.MOMENTUM}, weight decay "
                     f"{cfg.SOLVER.WEIGHT_DECAY} (conv weights)")
-        return build_yolo_optimizer(name, unwrap_model(model), lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY)
+        return build_yolo_optimizer(name, unwrap_model(model), lr, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY,
+                                    fused=bool(cfg.SOLVER.YOLO.FUSED_OPTIMIZER))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer, plan: Optional[EpochPlan] = None):

@@ -20,10 +20,39 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # YOLOX and YOLOv5 both train with these BN settings (PyTorch's defaults are 1e-5 / 0.1).
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when the 4-d ``x`` is laid out channels-last (NHWC) and not also NCHW-contiguous."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class _MemoryFormatCopy(torch.autograd.Function):
+    """Copy to ``memory_format``; the gradient goes back in the layout of the input (``Tensor.contiguous``'s
+    backward would pass it on unchanged, and a contiguous gradient reaching a channels-last BatchNorm or SiLU
+    backward runs their mixed-layout kernels, measured about 7x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.input_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        return x.contiguous(memory_format=memory_format)  # a copy: to_memory_format calls this only when needed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.input_format), None
+
+
+def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` [N, C, H, W] in ``memory_format`` (itself when already so); under autograd its gradient comes back in
+    ``x``'s own layout. Same values either way."""
+    if x.is_contiguous(memory_format=memory_format):
+        return x
+    return _MemoryFormatCopy.apply(x, memory_format)
 
 
 class BaseConv(nn.Module):
@@ -42,7 +71,12 @@ class BaseConv(nn.Module):
         self.act = nn.SiLU(inplace=True) if activation else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        y = self.bn(self.conv(x))
+        if y.requires_grad and isinstance(self.act, nn.SiLU):
+            # Out of place under autograd: SiLU's backward needs its input, so the in-place form makes autograd
+            # clone the BatchNorm output first (a full extra copy of every activation, for the same memory).
+            return F.silu(y)
+        return self.act(y)
 
 
 class DWConv(nn.Module):

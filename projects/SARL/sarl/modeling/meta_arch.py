@@ -29,7 +29,20 @@ from sarl.data.transforms import PAD_VALUE
 from .heads import build_yolo_head
 from .losses import current_iteration
 
-__all__ = ["YOLODetector", "check_losses_finite"]
+__all__ = ["YOLODetector", "check_losses_finite", "resolve_memory_format"]
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def resolve_memory_format(name: str, device: str) -> torch.memory_format:
+    """``MODEL.YOLO.MEMORY_FORMAT`` for a model on ``device`` (``MODEL.DEVICE``): "auto" is channels-last on CPU
+    (oneDNN convolutions then skip the NCHW <-> blocked reorders of every input and output), contiguous on other
+    devices (not measured there)."""
+    if name not in MEMORY_FORMATS:
+        raise ValueError(f"MODEL.YOLO.MEMORY_FORMAT must be one of {MEMORY_FORMATS}, got {name!r}")
+    if name == "auto":
+        name = "channels_last" if torch.device(device).type == "cpu" else "contiguous"
+    return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
 def check_losses_finite(losses: Dict[str, Tensor]) -> None:
@@ -58,7 +71,10 @@ class YOLODetector(nn.Module):
                  pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32,
                  score_thresh: float = 0.001, nms_thresh: float = 0.65, pre_nms_topk: int = 30000,
                  max_detections_per_image: int = 3000, class_agnostic_nms: bool = False,
-                 multi_label: bool = True, check_finite_losses: bool = True):
+                 multi_label: bool = True, check_finite_losses: bool = True,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        """``memory_format``: layout of the 4-d weights and of the input batch (``torch.channels_last`` or
+        ``torch.contiguous_format``); the other arguments are the ``MODEL.YOLO`` / ``TEST`` settings."""
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -77,6 +93,12 @@ class YOLODetector(nn.Module):
             raise ValueError(f"MODEL.PIXEL_MEAN {pixel_mean} and MODEL.PIXEL_STD {pixel_std} differ in length")
         if (self.pixel_std <= 0).any():
             raise ValueError(f"MODEL.PIXEL_STD must be positive, got {pixel_std}")
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise ValueError(f"memory_format must be torch.channels_last or torch.contiguous_format, got {memory_format}")
+        self.memory_format = memory_format
+        # Conv weights in the layout the activations will have; `Module.to(device)` and `load_state_dict` (copy_)
+        # keep it, so checkpoints load unchanged in either layout.
+        self.to(memory_format=memory_format)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -96,6 +118,7 @@ class YOLODetector(nn.Module):
             "class_agnostic_nms": cfg.MODEL.YOLO.CLASS_AGNOSTIC_NMS,
             "multi_label": cfg.MODEL.YOLO.MULTI_LABEL_TEST,
             "check_finite_losses": cfg.MODEL.YOLO.CHECK_FINITE_LOSSES,
+            "memory_format": resolve_memory_format(cfg.MODEL.YOLO.MEMORY_FORMAT, cfg.MODEL.DEVICE),
         }
 
     @property
@@ -115,7 +138,8 @@ class YOLODetector(nn.Module):
                                  f"got {tuple(image.shape)}")
             images.append(image.to(self.device, non_blocking=True).float())
         padded = ImageList.from_tensors(images, self.size_divisibility, pad_value=float(PAD_VALUE))
-        return ImageList((padded.tensor - self.pixel_mean) / self.pixel_std, padded.image_sizes)
+        normalized = ((padded.tensor - self.pixel_mean) / self.pixel_std).contiguous(memory_format=self.memory_format)
+        return ImageList(normalized, padded.image_sizes)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)

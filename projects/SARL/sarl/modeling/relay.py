@@ -39,7 +39,7 @@ from detectron2.modeling import Backbone
 from sarl.ops import relay_gate, relay_pool
 from sarl.ops.relay_reference import relay_gate_reference, relay_pool_reference
 
-from .layers import BaseConv
+from .layers import BaseConv, is_channels_last, to_memory_format
 
 __all__ = ["SARLRelay", "SARLLevel"]
 
@@ -169,14 +169,24 @@ class SARLRelay(Backbone):
         for name in reversed(self.in_features):
             x = features[name]
             level = self.levels[name]
+            # The fused kernels read and write NCHW. In a channels-last model (MODEL.YOLO.MEMORY_FORMAT) their
+            # inputs are copied to NCHW here and the output back to channels-last, with gradients converted the
+            # same way: the convolutions, BatchNorms and SiLUs around the relay then see one layout only.
+            channels_last = self.fused and is_channels_last(x)
             if relayed is None:  # deepest level: gate from its own descriptors, no relay term
                 source, relay_term = x, None
             else:
                 source = level.relay_conv(relayed)
                 relay_term = source if self.relay_residual else None
+            if channels_last:
+                x = to_memory_format(x, torch.contiguous_format)
+                source = x if relayed is None else to_memory_format(source, torch.contiguous_format)
+                relay_term = source if relay_term is not None else None
             spatial_desc, channel_desc = pool(source)
             channel_logits, spatial_logits = level.gate_logits(spatial_desc, channel_desc, x.shape[-2:])
             relayed = gate(x, channel_logits, spatial_logits, relay_term)
+            if channels_last:
+                relayed = to_memory_format(relayed, torch.channels_last)
             out[name] = relayed
         return out
 
