@@ -238,3 +238,25 @@ def test_clip_stats_names_the_first_dropped_boxes_and_counts_the_rest():
     stats.add([0, 0, 1, 1], [0, 0, 1, 1], "a.txt:99")
     assert stats.dropped == MAX_NAMED_DROPPED + 2 and stats.kept == 1
     assert stats.dropped_locations() == ": a.txt:1, a.txt:2, a.txt:3 (and 2 more)"
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("MODEL.YOLO.MEMORY_FORMAT", "nhwc"),
+    ("SOLVER.YOLO.OPTIMIZER", "adam"),
+    ("MODEL.SAL.WEIGHT_NORM", "max"),
+    ("MODEL.YOLOV5.OBJ_TARGET", "giou"),
+])
+def test_a_word_outside_a_keys_choices_is_one_error_naming_key_and_choices(key, bad):
+    from sarl.config import UserError, load_config
+
+    with pytest.raises(UserError) as info:
+        load_config(CONFIG, [key, bad])
+    message = str(info.value)
+    assert key in message and repr(bad) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("config", [""] + sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+def test_every_shipped_config_uses_the_keys_choices(config):
+    from sarl.config import load_config
+
+    load_config(str(REPO / config) if config else "", [])  # raises UserError on a word outside a key's choices

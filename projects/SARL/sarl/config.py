@@ -279,8 +279,32 @@ def load_config(config_file: str, opts=None) -> CN:
     from sarl.data.catalog import prepare_config_datasets
 
     prepare_config_datasets(cfg)
+    _check_choices(cfg)
     cfg.freeze()
     return cfg
+
+
+# Keys that take one of a few words, checked when the config loads (a typo costs one line, not a traceback from
+# deep inside the model build).
+_CHOICES = {
+    "MODEL.YOLO.MEMORY_FORMAT": ("auto", "channels_last", "contiguous"),
+    "MODEL.YOLOV5.BOX_LOSS_TYPE": ("iou", "iou2", "giou", "diou", "ciou"),
+    "MODEL.YOLOV5.OBJ_TARGET": ("auto", "iou", "ciou"),
+    "MODEL.SAL.LOSS_TYPE": ("iou", "iou2", "giou", "diou", "ciou"),
+    "MODEL.SAL.NORMALIZE": ("batch", "image", "fixed", "none"),
+    "MODEL.SAL.WEIGHT_NORM": ("none", "mean"),
+    "SOLVER.YOLO.OPTIMIZER": ("sgd", "adamw"),
+    "SOLVER.YOLO.RECIPE": ("yolox", "yolov5"),
+}
+
+
+def _check_choices(cfg: CN) -> None:
+    for key, allowed in _CHOICES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {node!r}")
 
 
 def _dataset_names_as_tuples(opts: list) -> list:
