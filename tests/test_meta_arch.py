@@ -86,10 +86,12 @@ def test_sal_changes_the_box_loss():
 
 
 def test_overfits_a_tiny_fixed_batch():
+    # 60 steps: after 30 the loss is still on its noisy plateau at 0.50-0.60 of the start, and where in that band
+    # it lands depends on the CPU's SIMD kernels and the memory format (float rounding); by 60 it is 0.23-0.34.
     model = build_model(tiny_cfg(sarl=False))
     batch = [scene(3), scene(3)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    history = [sum(train_step(model, batch, optimizer).values()).item() for _ in range(30)]
+    history = [sum(train_step(model, batch, optimizer).values()).item() for _ in range(60)]
     final = sum(history[-3:]) / 3
     assert final < 0.5 * history[0], f"loss went {history[0]:.3f} -> {final:.3f}: {history}"
 

@@ -4,6 +4,7 @@ under autograd, the multi-tensor EMA update and the fused optimizers (``SOLVER.Y
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -222,30 +223,47 @@ def test_trainer_builds_the_fused_optimizer_from_the_config():
     assert not YOLOTrainer.build_optimizer(cfg, model).defaults.get("fused")
 
 
-class _OpenCVThreadsInWorker(torch.utils.data.Dataset):
-    """Reports OpenCV's thread count after the mapper's worker setting ran in the process that loads the item."""
+# Run in a fresh interpreter: OpenCV's thread state belongs to the process, and pytest's has touched it already.
+_WORKER_THREADS_SCRIPT = """
+import json, os, sys
+import cv2, numpy as np, torch
+from sarl.data.mapper import limit_opencv_threads_in_loader_worker
 
-    def __len__(self) -> int:
+def run_opencv_pool():  # a resize and a warp of a 1500 px image, as the mapper does: both run on OpenCV's pool
+    image = np.ones((1500, 1500, 3), np.float32)
+    cv2.resize(image, (2500, 2500))
+    cv2.warpAffine(image, np.eye(2, 3), (1500, 1500))
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
         return 2
-
-    def __getitem__(self, index: int) -> int:
-        import cv2
-
-        from sarl.data.mapper import limit_opencv_threads_in_loader_worker
-
+    def __getitem__(self, index):
         limit_opencv_threads_in_loader_worker()
-        return cv2.getNumThreads()
+        before = len(os.listdir("/proc/self/task"))
+        run_opencv_pool()
+        return before, len(os.listdir("/proc/self/task"))
+
+if sys.argv[1] == "parent_used_opencv":
+    run_opencv_pool()
+environ = dict(os.environ)
+counts = list(torch.utils.data.DataLoader(Items(), batch_size=None, num_workers=1, timeout=60))
+print(json.dumps({"counts": counts, "parent_environ_kept": dict(os.environ) == environ}))
+"""
 
 
-def test_loader_workers_run_opencv_on_one_thread_and_the_main_process_keeps_its_setting():
-    import cv2
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc to count a process's threads")
+@pytest.mark.parametrize("parent", ["parent_used_opencv", "parent_untouched"])
+def test_loader_workers_add_no_opencv_threads_and_never_hang(parent):
+    """A worker adds no OpenCV pool threads, whether its parent had started its own pool before the fork or not
+    (``cv2.setNumThreads`` in the child of a parent with a pool hung the test suite; the DataLoader's ``timeout``
+    turns such a hang into a failure). Without the setting, the untouched parent's worker starts a pool thread."""
+    import json
+    import subprocess
+    import sys
 
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        in_worker = list(torch.utils.data.DataLoader(_OpenCVThreadsInWorker(), batch_size=None, num_workers=1))
-        inline = list(torch.utils.data.DataLoader(_OpenCVThreadsInWorker(), batch_size=None, num_workers=0))
-        assert in_worker == [1, 1]
-        assert inline == [2, 2] and cv2.getNumThreads() == 2
-    finally:
-        cv2.setNumThreads(before)
+    done = subprocess.run([sys.executable, "-c", _WORKER_THREADS_SCRIPT, parent], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["parent_environ_kept"]  # the main process keeps its own OpenCV setting
+    assert all(after <= before for before, after in result["counts"]), result["counts"]

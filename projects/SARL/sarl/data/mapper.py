@@ -53,12 +53,18 @@ _MAX_CONSECUTIVE_UNREADABLE = 20
 
 
 def limit_opencv_threads_in_loader_worker() -> None:
-    """In a DataLoader worker process, let OpenCV use one thread (its default is one per core). The worker exists to
-    prepare the next batch while the training step runs; its cv2 thread pool would take cores from the step's
-    torch threads. OpenCV computes every output pixel the same way whatever its thread count. No-op outside
-    workers (``num_workers 0``: the mapper runs between steps, where all cores are free)."""
-    if torch.utils.data.get_worker_info() is not None and cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
+    """In a DataLoader worker process, keep OpenCV to one thread (its default is one per core). The worker exists to
+    prepare the next batch while the training step runs; a cv2 thread pool of its own would take cores from the
+    step's torch threads. OpenCV computes every output pixel the same way whatever its thread count.
+
+    Done through ``OPENCV_FOR_THREADS_NUM``, which OpenCV reads when a process first builds its pool, never through
+    ``cv2.setNumThreads``: in a forked worker whose parent had already used its pool, ``setNumThreads`` waits
+    forever for the parent's pool threads, which do not exist in the child (such a worker runs OpenCV serially
+    anyway). Must run before the worker's first OpenCV call: the mapper calls it first thing. A parent that set or read
+    OpenCV's thread count without ever running its pool passes that count on (the variable is then not read). No-op
+    outside workers (``num_workers 0``: the mapper runs between steps, where all cores are free)."""
+    if torch.utils.data.get_worker_info() is not None:
+        os.environ["OPENCV_FOR_THREADS_NUM"] = "1"
 
 
 class YOLOMapper:
