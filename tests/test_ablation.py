@@ -103,3 +103,27 @@ def test_report_gives_the_ap_difference_to_the_compared_cell():
     paper_table = table.split("**YOLOV5: one change per row")[0]
     paper_rows = [line for line in paper_table.splitlines() if line.startswith("| ✓ |")]
     assert len(paper_rows) == 4 and "base_iou2" not in paper_table  # Tables V/VI: the paper's cells only
+
+
+def test_budget_from_config_keeps_the_configs_recipe_and_needs_a_config(tmp_path, capsys):
+    tool = _tool()
+    config = "configs/kit_ais/yolox_kit_cpu.yaml"
+    argv = ["--output", str(tmp_path), "--config", config, "--budget-from-config", "--detectors", "yolox",
+            "--beta-detectors", "", "--only", "baseline,sal", "--seeds", "0,1", "--dry-run"]
+    assert tool.main(argv) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if "train_net.py" in line]
+    assert len(commands) == 4  # 2 cells x 2 seeds, one whole line each (printed in order)
+    assert all(config in c for c in commands)
+    for budget_key in ("SOLVER.YOLO.EPOCHS", "INPUT.YOLO.IMG_SIZE", "MODEL.CSPDARKNET.WIDTH_MULTIPLIER",
+                       "SOLVER.YOLO.RECIPE", "DATASETS.TRAIN"):
+        assert not any(budget_key in c for c in commands), budget_key
+    assert "MODEL.SAL.ENABLED True" in commands[1] and "SEED 1" in commands[3]
+    args = tool.get_parser().parse_args(argv[:-1])
+    args.seed_list = [0, 1]
+    table = markdown_tables([mean_over_seeds(c, [{"seed": 0, "metrics": {"AP": 1.0}}])
+                             for c in grid(["yolox"], [])], args)
+    assert table.startswith(f"Budget: the recipe of `{config}`")
+    assert tool.main(["--output", str(tmp_path), "--budget-from-config", "--dry-run"]) == 2
+    assert "--budget-from-config needs --config" in capsys.readouterr().err
+    assert tool.main(["--output", str(tmp_path), "--config", "configs/nope.yaml", "--dry-run"]) == 2
+    assert "--config: no such file 'configs/nope.yaml'" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's ablation grid (Tables V-VII) in miniature, under one fixed budget and the same seeds.
+r"""The paper's ablation grid (Tables V-VII) in miniature, under one fixed budget and the same seeds.
 
 Cells, for each detector (YOLOX anchor-free, YOLOv5 anchor-based):
     baseline            SARL off, SAL off
@@ -28,6 +28,8 @@ once (on a CPU each gets cores/N threads). It writes ``<output>/ablation.md`` (t
     python tools/ablation.py --seeds 0,1 --jobs 2 --epochs 8 --no-aug-epochs 2
     python tools/ablation.py --epochs 30 --detectors yolox
     python tools/ablation.py --variants loss_parts,weight_norm,per_object --dry-run
+    python tools/ablation.py --config configs/kit_ais/yolox_kit_cpu.yaml --budget-from-config --detectors yolox \
+        --beta-detectors "" --seeds 0,1                          # the real-data recipe (DETECTRON2_DATASETS set)
     python tools/ablation.py --train aitod_trainval --test aitod_test --num-classes 8 --img-size 800 \
         --width 0.5 --epochs 36 --ims-per-batch 16 --num-gpus 2
 """
@@ -51,6 +53,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", default="yolox,yolov5")
     p.add_argument("--beta-detectors", default="yolox", help="detectors that also get the beta cells")
     p.add_argument("--config", default="", help="one base config for all detectors (default Base-YOLOX/YOLOv5)")
+    p.add_argument("--budget-from-config", action="store_true",
+                   help="train with --config's own recipe (model size, input, data, schedule, solver): only the "
+                        "cell's SARL/SAL settings and the seed are overridden, and the budget options below are "
+                        "ignored (e.g. configs/kit_ais/yolox_kit_cpu.yaml, the real-data recipe)")
     p.add_argument("--train", default="synthetic_tiny_train")
     p.add_argument("--test", default="synthetic_tiny_val")
     p.add_argument("--num-classes", type=int, default=4)
@@ -95,6 +101,13 @@ def main(argv=None) -> int:
     if not args.seed_list or args.jobs < 1:
         print("error: --seeds needs at least one seed and --jobs at least 1", file=sys.stderr)
         return 2
+    if args.budget_from_config and not args.config:
+        print("error: --budget-from-config needs --config (the config whose recipe the cells train with)",
+              file=sys.stderr)
+        return 2
+    if args.config and not os.path.isfile(os.path.join(REPO, args.config)):
+        print(f"error: --config: no such file {args.config!r}", file=sys.stderr)
+        return 2
     if args.jobs > 1 and args.device != "cpu":
         # Concurrent runs would all claim the same --num-gpus devices.
         print("error: --jobs > 1 is for CPU runs; on GPUs run one cell at a time with --num-gpus", file=sys.stderr)
@@ -114,8 +127,11 @@ def main(argv=None) -> int:
             print(f"  {describe_cell(cell)}")
     runs = [(cell, seed) for seed in args.seed_list for cell in cells]
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda run: run_cell(run[0], run[1], args, REPO), runs))
+        if args.dry_run:  # in order, one command after another (concurrent prints would interleave)
+            results = [run_cell(cell, seed, args, REPO) for cell, seed in runs]
+        else:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                results = list(pool.map(lambda run: run_cell(run[0], run[1], args, REPO), runs))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

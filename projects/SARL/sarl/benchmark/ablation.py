@@ -116,6 +116,11 @@ def describe_cell(cell: Dict) -> str:
 
 
 def cell_overrides(cell: Dict, args, seed: int) -> List[str]:
+    """The ``KEY VALUE`` overrides of one run: the cell's settings, the budget options (unless
+    ``args.budget_from_config``: then the config's own recipe), the seed, then ``args.opts``."""
+    if getattr(args, "budget_from_config", False):
+        opts = ["MODEL.SARL.ENABLED", str(cell["sarl"]), *cell_loss_overrides(cell), "SEED", str(seed)]
+        return opts + list(args.opts)
     opts = [
         "MODEL.SARL.ENABLED", str(cell["sarl"]), *cell_loss_overrides(cell),
         "MODEL.YOLO.NUM_CLASSES", str(args.num_classes),

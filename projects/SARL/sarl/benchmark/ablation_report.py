@@ -52,9 +52,13 @@ def markdown_tables(results: List[Dict], args) -> str:
         header_metrics.insert(1, "AP spread")
     seed_text = (f"seeds {', '.join(map(str, seeds))} (every value is the mean over the seeds; AP spread = "
                  f"max - min of AP over the seeds)" if with_spread else f"seed {seeds[0]}")
-    lines = [f"Budget: {args.epochs} epochs ({args.no_aug_epochs} without mosaic) of `{args.train}` at "
-             f"{args.img_size} px, batch {args.ims_per_batch}, width x{args.width}, depth x{args.depth}; "
-             f"{seed_text}; scored on `{args.test}` (AI-TOD protocol, AP in %).", ""]
+    if getattr(args, "budget_from_config", False):
+        budget = f"Budget: the recipe of `{args.config}` (its model, input, data, schedule and solver); {seed_text}"
+    else:
+        budget = (f"Budget: {args.epochs} epochs ({args.no_aug_epochs} without mosaic) of `{args.train}` at "
+                  f"{args.img_size} px, batch {args.ims_per_batch}, width x{args.width}, depth x{args.depth}; "
+                  f"{seed_text}; scored on `{args.test}`")
+    lines = [budget + " (AI-TOD protocol, AP in %).", ""]
     for det in dict.fromkeys(r["detector"] for r in results):
         paper_rows = [r for r in results if r["detector"] == det and not r.get("variant")]
         rows = [r for r in paper_rows if r["cell"] in PAPER_CELLS]
