@@ -151,7 +151,8 @@ def _checkpoint(tmp_path, class_names, num_classes=5) -> str:
     from sarl.checkpoint import YOLOCheckpointer
     from sarl.inference import build_inference_model
 
-    model = build_inference_model(load_config(CONFIG, TINY + ["MODEL.YOLO.NUM_CLASSES", str(num_classes)]))
+    model = build_inference_model(load_config(CONFIG, TINY + ["MODEL.YOLO.NUM_CLASSES", str(num_classes),
+                                                              "TEST.FUSE_CONV_BN", "False"]))
     YOLOCheckpointer(model, str(tmp_path), class_names=class_names).save("model_kit")
     return str(tmp_path / "model_kit.pth")
 

@@ -30,6 +30,13 @@ class YOLOCheckpointer(DetectionCheckpointer):
         self._weights_only = False
 
     def save(self, name: str, **kwargs: Any) -> None:
+        from .modeling.fuse import is_conv_bn_fused
+
+        if is_conv_bn_fused(self.model):
+            # Its state dict has no BatchNorm keys: loaded into a detector, the BatchNorms would keep their initial
+            # statistics and the folded biases would be dropped, with only a warning from the loader.
+            raise ValueError("cannot save a model whose BatchNorm is folded into its convolutions (an inference "
+                             "model built with TEST.FUSE_CONV_BN True); build it with TEST.FUSE_CONV_BN False")
         if self.class_names:
             kwargs.setdefault("class_names", list(self.class_names))
         super().save(name, **kwargs)

@@ -218,6 +218,10 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLICED.SLICE_SIZE = 0  # 0: INPUT.YOLO.IMG_SIZE
     cfg.TEST.SLICED.OVERLAP = 0.2  # fraction of SLICE_SIZE shared by neighbouring tiles
     cfg.TEST.SLICED.BATCH_SIZE = 4  # tiles per model call
+    # Models built for prediction, video and export (sarl.inference.load_inference_model) fold each BatchNorm into
+    # the convolution before it (sarl.modeling.fuse): one pass per activation instead of two, same outputs up to
+    # float rounding. The trainer's evaluation uses the training model as it is.
+    cfg.TEST.FUSE_CONV_BN = True
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def untrained_checkpoint(config_file: str, image_path: str, slice_size: int, ove
     if image is None:
         raise RuntimeError(f"cannot read {image_path}")
     torch.manual_seed(seed)
-    cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    # Unfused: the BatchNorm statistics are calibrated below and saved.
+    cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "TEST.FUSE_CONV_BN", "False"])
     model = build_inference_model(cfg)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for norm in norms:

@@ -40,15 +40,20 @@ SliceSize = Union[int, str, None]  # "auto" / None: automatic; 0: never tile; N:
 
 def load_inference_model(cfg) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """The detector of ``cfg`` in eval mode with ``MODEL.WEIGHTS`` loaded (EMA weights when the checkpoint has them;
-    none: as initialised), and what else the checkpoint holds (``class_names``...; {} without weights)."""
+    none: as initialised), BatchNorm folded into the convolutions when ``TEST.FUSE_CONV_BN``, and what else the
+    checkpoint holds (``class_names``...; {} without weights)."""
     from detectron2.modeling import build_model
 
     from .. import modeling  # noqa: F401  (registers the YOLO meta-architectures, backbones and heads)
     from ..checkpoint import load_inference_weights
+    from ..modeling.fuse import fuse_conv_bn
 
     model = build_model(cfg)
     checkpoint = load_inference_weights(model, cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
-    return model.eval(), checkpoint
+    model.eval()
+    if cfg.TEST.FUSE_CONV_BN:
+        fuse_conv_bn(model)
+    return model, checkpoint
 
 
 def build_inference_model(cfg) -> torch.nn.Module:
