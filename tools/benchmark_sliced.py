@@ -64,6 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sahi-cut-rule", choices=CUT_RULES, default="ours",
                         help="'ours': SAHI's model wrapper drops cut boxes as this project does (same detections "
                              "expected); 'none': stock SAHI (keeps the cut copies)")
+    parser.add_argument("--keep-batchnorm", action="store_true",
+                        help="both sides: the detector with its BatchNorms kept (TEST.FUSE_CONV_BN False; default: "
+                             "folded into the convolutions, as prediction builds it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated image and the untrained model")
     parser.add_argument("--output", default="output/benchmark_sliced", help="folder for the rounds and the JSON")
     parser.add_argument("--json", default=None, help="results JSON (default <output>/benchmark_sliced.json)")

@@ -54,6 +54,8 @@ def _run_side(side: str, python: str, args: argparse.Namespace, detector: Dict[s
            "--image", args.image, "--slice", str(args.slice), "--overlap", repr(args.overlap),
            "--batch", str(args.batch), "--threads", str(args.threads), "--cut-rule", args.sahi_cut_rule,
            "--result", result_path, "--detections", os.path.join(round_dir, f"{side}.npz")]
+    if args.keep_batchnorm:
+        cmd.append("--keep-batchnorm")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log_path = os.path.join(round_dir, f"{side}.log")
     run = run_measured(cmd, env, log_path, timeout_s=ROUND_TIMEOUT_S, cwd=round_dir)
@@ -125,6 +127,7 @@ def run_benchmark(args: argparse.Namespace, detector: Dict[str, Any], sahi_pytho
         "settings": {"image": args.image, "image_hw": [height, width], "slice": args.slice, "overlap": args.overlap,
                      "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "seed": args.seed,
                      "sahi_cut_rule": args.sahi_cut_rule,
+                     "batchnorm": "kept" if args.keep_batchnorm else "folded into the convolutions",
                      "warmup": "each process predicts its top-left 2 x slice crop before the timed run"},
         "detector": detector,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -168,7 +171,8 @@ def report_table(payload: Dict[str, Any]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(f"speed ours/SAHI (tiles/s, median of the rounds' ratios): {_fmt(ratio.get('speed'))}; same tile "
-                 f"grid: {_fmt(payload['same_tile_grid'])}; SAHI cut-box rule: {s['sahi_cut_rule']}")
+                 f"grid: {_fmt(payload['same_tile_grid'])}; SAHI cut-box rule: {s['sahi_cut_rule']}; BatchNorm "
+                 f"{s.get('batchnorm', 'folded into the convolutions')}")
     lines.append(f"agreement (same class, IoU >= {agree['iou_threshold']:g}, greedy by score): "
                  f"{agree['matched']} pairs = {_fmt(agree['matched_fraction_a'], 4)} of ours, "
                  f"{_fmt(agree['matched_fraction_b'], 4)} of SAHI's; matched pairs: mean IoU "

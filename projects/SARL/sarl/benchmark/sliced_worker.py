@@ -54,11 +54,12 @@ class ModelClock:
 
 
 def build_predictor(config: str, weights: str, score_thresh: float, slice_size: int, overlap: float,
-                    batch_size: int) -> Predictor:
+                    batch_size: int, keep_batchnorm: bool = False) -> Predictor:
     """The benchmark's predictor: CPU, ``score_thresh``, no cap on the merged detections, whole-image size = the
-    slice size (an image no larger than a slice is predicted at scale 1, as SAHI's wrapper predicts slices)."""
-    predictor = Predictor.from_config(config, weights, opts=["MODEL.YOLO.SCORE_THRESH_TEST", str(score_thresh)],
-                                      device="cpu", overlap=overlap, batch_size=batch_size)
+    slice size (an image no larger than a slice is predicted at scale 1, as SAHI's wrapper predicts slices);
+    BatchNorm folded into the convolutions unless ``keep_batchnorm`` (``TEST.FUSE_CONV_BN``)."""
+    opts = ["MODEL.YOLO.SCORE_THRESH_TEST", str(score_thresh), "TEST.FUSE_CONV_BN", str(not keep_batchnorm)]
+    predictor = Predictor.from_config(config, weights, opts=opts, device="cpu", overlap=overlap, batch_size=batch_size)
     predictor.max_detections = UNCAPPED
     predictor.img_size = int(slice_size)
     return predictor
@@ -94,7 +95,8 @@ def run_side(args: argparse.Namespace) -> Dict[str, Any]:
     if image is None:
         raise SystemExit(f"error: cannot read --image {args.image}")
     height, width = image.shape[:2]
-    predictor = build_predictor(args.config, args.weights, args.score_thresh, args.slice, args.overlap, args.batch)
+    predictor = build_predictor(args.config, args.weights, args.score_thresh, args.slice, args.overlap, args.batch,
+                                args.keep_batchnorm)
     clock = ModelClock(predictor.model)
     if args.side == "ours":
         side: Any = OursSide(predictor, args.slice, args.overlap)
@@ -132,6 +134,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--cut-rule", default="ours", help="SAHI side: 'ours' or 'none' (sarl.benchmark.sahi_worker)")
+    parser.add_argument("--keep-batchnorm", action="store_true", help="TEST.FUSE_CONV_BN False (both sides)")
     parser.add_argument("--result", required=True, help="JSON to write")
     parser.add_argument("--detections", required=True, help="npz to write")
     return parser
