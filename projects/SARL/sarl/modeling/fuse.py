@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .layers import BaseConv
+from .layers import BaseConv, is_channels_last
 
 __all__ = ["fuse_conv_bn", "is_conv_bn_fused"]
 
@@ -31,8 +31,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
                          "into the convolution only with its running statistics)")
     for module in model.modules():
         if isinstance(module, BaseConv) and isinstance(module.bn, _BatchNorm):
-            weight_format = (torch.channels_last if module.conv.weight.is_contiguous(memory_format=torch.channels_last)
-                             and not module.conv.weight.is_contiguous() else torch.contiguous_format)
+            weight_format = torch.channels_last if is_channels_last(module.conv.weight) else torch.contiguous_format
             fused = fuse_conv_bn_eval(module.conv, module.bn)
             fused.weight.data = fused.weight.data.contiguous(memory_format=weight_format)
             module.conv, module.bn = fused, nn.Identity()
